@@ -1,0 +1,185 @@
+"""Typed run configuration: load YAML + dotted overrides into a validated RunConfig.
+
+This module knows nothing about torch, models or data files; it only defines what a run
+may be told and refuses anything else with an error that names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+BUILTIN_MODEL = "builtin:smollm2-135m-instruct"
+BUILTIN_DATA = "builtin:self-cognition"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the person who wrote the config."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = Field(BUILTIN_MODEL, description="local folder, hub id, modelscope:ORG/NAME or builtin:NAME")
+    tokenizer: str | None = Field(None, description="take the tokenizer from another model (seed 003)")
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+class DataConfig(_Section):
+    path: str = Field(BUILTIN_DATA, description="JSON/JSONL file, or builtin:self-cognition")
+    format: Literal["auto", "alpaca", "messages"] = "auto"
+    system: str | None = Field(None, description="system prompt added to rows that have none")
+    max_length: int = Field(384, gt=8, description="tokens per example after templating")
+    truncation: Literal["truncate", "drop"] = "truncate"
+    eval_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    name: str = Field("Chattune Assistant", description="assistant name for builtin:self-cognition")
+    author: str = Field("the chattune team", description="assistant author for builtin:self-cognition")
+    size: int = Field(48, gt=0, description="conversations drawn for builtin:self-cognition")
+
+
+class LoraConfig(_Section):
+    r: int = Field(8, gt=0)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    targets: Literal["all-linear"] | list[str] = Field(
+        "all-linear", description="'all-linear' (every linear layer but the LM head) or module names"
+    )
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(3, gt=0)
+    max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: use epochs)")
+    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(4, gt=0)
+    grad_accum: int = Field(4, gt=0)
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    logging_steps: int = Field(1, gt=0)
+    eval_steps: int | None = Field(None, gt=0)
+    gradient_checkpointing: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class RunConfig(_Section):
+    name: str = "run"
+    output_dir: str = Field("runs", description="parent folder of run dirs")
+    run_dir: str | None = Field(None, description="exact run dir (default OUTPUT_DIR/NAME-TIMESTAMP)")
+    seed: int = 42
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    lora: LoraConfig = LoraConfig()
+    train: TrainConfig = TrainConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError("use letters, digits, '.', '_' or '-' (it becomes a folder name)")
+        return value
+
+    def resolved_run_dir(self) -> Path:
+        if self.run_dir:
+            return Path(self.run_dir)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        return Path(self.output_dir) / f"{self.name}-{stamp}"
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or the defaults), apply `a.b=value` overrides, validate."""
+    raw = _read_yaml(Path(path)) if path else {}
+    for item in overrides or []:
+        _apply_override(raw, item)
+    return validate_config(raw, source=str(path) if path else "defaults")
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_explain(err, source)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r}: write it as section.key=value, e.g. train.epochs=2")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+
+
+def _explain(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for problem in err.errors():
+        loc = [str(p) for p in problem["loc"] if not str(p).startswith("function-")]
+        key = ".".join(loc)
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key '{key}'{_suggest(loc)}")
+        else:
+            got = problem.get("input")
+            lines.append(f"  - '{key}': {problem['msg']} (got {got!r}){_allowed(loc)}")
+    return "\n".join(lines)
+
+
+def _section_model(loc: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _suggest(loc: list[str]) -> str:
+    model = _section_model(loc)
+    if model is None:
+        return ""
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(loc[-1], known, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"{hint} Allowed here: {', '.join(known)}"
+
+
+def _allowed(loc: list[str]) -> str:
+    model = _section_model(loc)
+    field = model.model_fields.get(loc[-1]) if model else None
+    if field is None or not field.description:
+        return ""
+    return f"; expected {field.description}"

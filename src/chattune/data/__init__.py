@@ -1,0 +1,1 @@
+"""Data: files and built-in sets -> conversations -> token ids with trained-token labels."""

@@ -1,0 +1,121 @@
+"""Turn a conversation into token ids and labels with the model's own chat template.
+
+Assistant spans are found by rendering growing prefixes of the conversation and checking
+each is a true prefix of the full text (never by searching for marker strings); tokens
+are then labelled by their character offsets. Every assistant token up to and including
+its end-of-turn token is trained; everything else is -100. Pad ids are never labels.
+This module does not read files or truncate; dataset.py does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IGNORE_INDEX = -100
+
+
+class TemplateError(ValueError):
+    """The chat template cannot be used to find what the assistant said."""
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    turn_ends: list[int]  # token index just past each assistant turn's last trained token
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+def stop_token_ids(tokenizer, generation_config=None) -> set[int]:
+    """Ids that end an assistant turn: the tokenizer's EOS plus the model's generation EOS."""
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    gen_eos = getattr(generation_config, "eos_token_id", None)
+    if gen_eos is not None:
+        ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+    return ids
+
+
+def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise TemplateError(
+            "the tokenizer has no chat template; pick a named template (data.template) "
+            "or give a jinja file"
+        )
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def assistant_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """Render the conversation and return (text, [(start, end) of each assistant turn])."""
+    full = render(tokenizer, messages)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = render(tokenizer, messages[:i], add_generation_prompt=True)
+        through = render(tokenizer, messages[: i + 1])
+        for part, label in ((before, "prompt"), (through, "prompt + answer")):
+            if not full.startswith(part):
+                raise TemplateError(
+                    f"the chat template renders the {label} of turn {i} differently from the "
+                    "full conversation, so answer tokens cannot be located safely"
+                )
+        if len(through) <= len(before):
+            raise TemplateError(f"the chat template renders no text for assistant turn {i}")
+        spans.append((len(before), len(through)))
+    return full, spans
+
+
+def encode_conversation(tokenizer, messages: list[dict], stop_ids: set[int]) -> Encoded:
+    """Ids and labels for one conversation; trains each answer through its end-of-turn token."""
+    text, spans = assistant_char_spans(tokenizer, messages)
+    if getattr(tokenizer, "is_fast", False):
+        input_ids, token_spans = _tokens_by_offsets(tokenizer, text, spans)
+    else:
+        input_ids, token_spans = _tokens_by_prefix(tokenizer, text, spans)
+    labels = [IGNORE_INDEX] * len(input_ids)
+    turn_ends = []
+    for start, end in token_spans:
+        end = _through_stop_token(input_ids, start, end, stop_ids)
+        labels[start:end] = input_ids[start:end]
+        turn_ends.append(end)
+    return Encoded(input_ids, labels, turn_ends)
+
+
+def _tokens_by_offsets(tokenizer, text: str, spans: list[tuple[int, int]]):
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    token_spans = []
+    for char_start, char_end in spans:
+        inside = [i for i, (s, e) in enumerate(offsets) if char_start <= s < char_end and e > s]
+        if not inside:
+            raise TemplateError("an assistant answer produced no tokens")
+        token_spans.append((inside[0], inside[-1] + 1))
+    return list(enc["input_ids"]), token_spans
+
+
+def _tokens_by_prefix(tokenizer, text: str, spans: list[tuple[int, int]]):
+    """For slow tokenizers: token counts of each text prefix, checked to be true prefixes."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+
+    def count(prefix: str) -> int:
+        head = tokenizer.encode(prefix, add_special_tokens=False)
+        if ids[: len(head)] != head:
+            raise TemplateError("tokenizing a prompt prefix gives different ids than the full text")
+        return len(head)
+
+    return ids, [(count(text[:s]), count(text[:e])) for s, e in spans]
+
+
+def _through_stop_token(ids: list[int], start: int, end: int, stop_ids: set[int]) -> int:
+    """End the trained span just after its last stop token; template glue after it is context."""
+    for i in range(end - 1, start - 1, -1):
+        if ids[i] in stop_ids:
+            return i + 1
+    return end

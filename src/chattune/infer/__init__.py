@@ -1,0 +1,1 @@
+"""Inference: chat with a run dir or a model."""

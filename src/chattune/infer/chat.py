@@ -1,0 +1,136 @@
+"""Talk to a model: load a run dir (base + adapter) or a plain model, generate or stream replies.
+
+A run dir carries everything needed: its config names the base model, its tokenizer folder
+holds the chat template used in training, its adapter folder the LoRA weights.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from chattune import rundir
+from chattune.config import ModelConfig
+from chattune.data.templates import render, stop_token_ids
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+    def kwargs(self) -> dict:
+        sampled = self.temperature > 0
+        out = {"max_new_tokens": self.max_new_tokens, "do_sample": sampled}
+        if sampled:
+            out.update(temperature=self.temperature, top_p=self.top_p)
+        if self.repetition_penalty != 1.0:
+            out["repetition_penalty"] = self.repetition_penalty
+        return out
+
+
+@dataclass
+class ChatModel:
+    model: object
+    tokenizer: object
+    system: str | None = None
+    stop_ids: set[int] = field(default_factory=set)
+
+    @classmethod
+    def load(cls, target: str, device: str = "cpu") -> ChatModel:
+        """`target` is a run dir, or anything models.resolve_model accepts."""
+        from chattune.model.load import load_base_model, load_tokenizer, open_tokenizer
+
+        if rundir.is_run_dir(target):
+            run = rundir.open_run_dir(target)
+            cfg = run.config()
+            tokenizer = open_tokenizer(str(run.tokenizer), trust_remote_code=cfg.model.trust_remote_code)
+            base = load_base_model(cfg.model, device=device)
+            model = _with_adapter(base, run.adapter)
+            system = cfg.data.system
+        else:
+            model_cfg = ModelConfig(name=target)
+            tokenizer = load_tokenizer(model_cfg)
+            model = load_base_model(model_cfg, device=device)
+            system = None
+        model.eval()
+        stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+        return cls(model, tokenizer, system, stops)
+
+    def prompt_ids(self, messages: list[dict]):
+        if self.system and (not messages or messages[0]["role"] != "system"):
+            messages = [{"role": "system", "content": self.system}, *messages]
+        text = render(self.tokenizer, messages, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")
+
+    def _generate_kwargs(self, messages, settings: GenerationSettings) -> dict:
+        inputs = self.prompt_ids(messages).to(self.model.device)
+        return {
+            **inputs,
+            **settings.kwargs(),
+            "eos_token_id": sorted(self.stop_ids),
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+
+    def reply(self, messages: list[dict], settings: GenerationSettings | None = None) -> str:
+        import torch
+
+        kwargs = self._generate_kwargs(messages, settings or GenerationSettings())
+        with torch.inference_mode():
+            out = self.model.generate(**kwargs)
+        new_tokens = out[0, kwargs["input_ids"].shape[1]:]
+        return self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+
+    def stream(self, messages: list[dict], settings: GenerationSettings | None = None) -> Iterator[str]:
+        """Yield text pieces as they are generated."""
+        import torch
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs = {**self._generate_kwargs(messages, settings or GenerationSettings()), "streamer": streamer}
+
+        def work():
+            with torch.inference_mode():
+                self.model.generate(**kwargs)
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        yield from streamer
+        thread.join()
+
+
+def _with_adapter(base, adapter_path):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, str(adapter_path))
+
+
+def repl(chat: ChatModel, settings: GenerationSettings, read=input, write=print) -> None:
+    """Multi-round chat on a terminal; /reset clears history, /exit (or EOF) quits."""
+    history: list[dict] = []
+    write("Type a message. /reset clears the history, /exit quits.")
+    while True:
+        try:
+            line = read("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            write("")
+            return
+        if not line:
+            continue
+        if line == "/exit":
+            return
+        if line == "/reset":
+            history.clear()
+            write("(history cleared)")
+            continue
+        history.append({"role": "user", "content": line})
+        pieces = []
+        write("bot> ", end="", flush=True)
+        for piece in chat.stream(history, settings):
+            pieces.append(piece)
+            write(piece, end="", flush=True)
+        write("")
+        history.append({"role": "assistant", "content": "".join(pieces).strip()})

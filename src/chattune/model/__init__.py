@@ -1,0 +1,1 @@
+"""Model: load tokenizer and base model, attach LoRA adapters."""

@@ -1,0 +1,67 @@
+"""Load the tokenizer and base model for a config; pick device and precision.
+
+Pad-token fix: a tokenizer without a pad token gets its EOS as pad. That is safe here
+because labels come from the template's assistant spans, never from pad ids.
+"""
+
+from __future__ import annotations
+
+from chattune.models import resolve_model
+
+
+def load_tokenizer(model_cfg):
+    """The tokenizer of `model.tokenizer` if set (seed 003 borrows one), else of the model."""
+    source = resolve_model(model_cfg.tokenizer or model_cfg.name, model_cfg.revision)
+    return open_tokenizer(source, model_cfg.revision, model_cfg.trust_remote_code)
+
+
+def open_tokenizer(source: str, revision: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def load_base_model(model_cfg, dtype=None, device: str = "cpu"):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_model(model_cfg.name, model_cfg.revision)
+    model = AutoModelForCausalLM.from_pretrained(
+        source,
+        revision=model_cfg.revision,
+        trust_remote_code=model_cfg.trust_remote_code,
+        dtype=dtype or torch.float32,
+    )
+    return model.to(device)
+
+
+def pick_device(preference: str = "auto") -> str:
+    import torch
+
+    if preference == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return preference
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16 make bf16 matmuls several times faster than fp32 on CPU."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:
+        return False
+
+
+def pick_precision(preference: str, device: str) -> str:
+    """'auto' -> bf16 where the hardware runs it fast, else fp32."""
+    import torch
+
+    if preference != "auto":
+        return preference
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"

