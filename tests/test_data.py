@@ -5,7 +5,7 @@ import json
 import pytest
 
 from chattune.config import load_config
-from chattune.data.builtin import HELD_OUT_QUESTIONS, TOPICS, self_cognition
+from chattune.data.builtin import GENERAL, HELD_OUT_QUESTIONS, TOPICS, self_cognition
 from chattune.data.dataset import load_data_conversations, split_eval, tokenize_conversations
 from chattune.data.formats import DataError, load_conversations
 from chattune.data.templates import IGNORE_INDEX, stop_token_ids
@@ -83,7 +83,9 @@ def test_builtin_self_cognition_uses_name_and_holds_out_demo_questions():
     convs = self_cognition("Tuna", "Chattune Labs", size=40, seed=1)
     assert len(convs) == 40
     answers = [m["content"] for c in convs for m in c.messages if m["role"] == "assistant"]
-    assert all("Tuna" in a or "Chattune Labs" in a for a in answers)
+    general = {answer for _, answer in GENERAL}
+    assert all("Tuna" in a or "Chattune Labs" in a or a in general for a in answers)
+    assert any(a in general for a in answers) and sum(a not in general for a in answers) > len(answers) // 2
     questions = {m["content"] for c in convs for m in c.messages if m["role"] == "user"}
     assert not questions & set(HELD_OUT_QUESTIONS)
     all_questions = {q for qs, _ in TOPICS.values() for q in qs}

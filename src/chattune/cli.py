@@ -87,7 +87,107 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config.add_argument("config", nargs="?", help="YAML config (default: built-in defaults)")
     config.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    _add_export_parser(sub)
+    _add_predict_parser(sub)
+    _add_data_parser(sub)
+    _add_eval_parsers(sub)
+    _add_serve_parser(sub)
     return parser
+
+
+def _add_serve_parser(sub) -> None:
+    serve = sub.add_parser(
+        "serve", help="OpenAI-compatible HTTP API + chat page for run dirs, exports or models",
+        description="Serve TARGETs (run dirs, exported HF folders, model names) over an OpenAI-compatible "
+        "API: GET /v1/models, POST /v1/chat/completions (stream, temperature, top_p, max_tokens, stop, "
+        "seed), and a chat page at GET /. Run dirs over the same base share one base model in memory; "
+        "a request picks one by its `model` name (a run dir's folder name).",
+    )
+    serve.add_argument("targets", nargs="+", metavar="TARGET", help="run dir, export folder or model")
+    serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="default 8000")
+    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: env CHATTUNE_API_KEY)")
+    serve.add_argument("--max-tokens", type=int, default=512, help="cap on a reply's tokens (default 512)")
+    serve.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: auto")
+
+
+def _add_data_parser(sub) -> None:
+    data = sub.add_parser("data", help="look at a dataset as training would see it (inspect)")
+    data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    inspect = data_sub.add_parser(
+        "inspect", help="stats, lint and coloured examples for a config's data (tokenizer only)",
+        description="Load the config's data with its tokenizer and template (no model weights) and print "
+        "examples per source, a token length histogram, the trained-token share, truncated/dropped counts "
+        "with reasons, lint errors (file:line:field) and warnings, and N examples with trained tokens "
+        "coloured. Exit code 1 if there are errors (chattune train would refuse to start).",
+    )
+    inspect.add_argument("config", nargs="?", help="YAML config (default: built-in defaults)")
+    inspect.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    inspect.add_argument("--n", type=int, default=3, help="examples to render (default 3)")
+
+
+def _add_export_parser(sub) -> None:
+    export = sub.add_parser(
+        "export", help="merge a run's adapter into its base; write an HF folder or GGUF",
+        description="Merge the LoRA adapter into the base model (merge_and_unload) and write a standard "
+        "HF folder (safetensors, tokenizer, training chat template, generation config) or a GGUF file. "
+        "A fidelity gate first compares the export with base + adapter on held-out prompts (max |logit "
+        "diff| and greedy agreement) and refuses to write past the tolerance unless --force.",
+    )
+    export.add_argument("run_dir", help="a run dir written by chattune train")
+    export.add_argument("--out", required=True, help="output folder (written atomically)")
+    export.add_argument("--format", default="hf", choices=["hf", "gguf"], help="default: hf")
+    export.add_argument("--gguf-dtype", default="f16", choices=["f16", "f32"], help="GGUF weight type (default f16)")
+    export.add_argument("--tolerance", type=float, default=None,
+                        help="max |logit diff| allowed (default 1e-3 for hf and gguf f32, 0.5 for gguf f16)")
+    export.add_argument("--force", action="store_true", help="write even if the gate fails or OUT exists")
+
+
+def _add_predict_parser(sub) -> None:
+    predict = sub.add_parser(
+        "predict", help="batch predictions for a data file (JSONL out, one `prediction` per row)",
+        description="Generate a reply for every row of a JSON/JSONL file (alpaca or messages rows) in "
+        "batches. A row's final assistant answer is kept as the reference and not shown to the model. "
+        "Each output row is the input row plus `prediction`.",
+    )
+    predict.add_argument("target", help="run dir or model")
+    predict.add_argument("--data", required=True, help="JSON or JSONL file of rows")
+    predict.add_argument("--out", required=True, help="output JSONL file (written atomically)")
+    predict.add_argument("--batch-size", type=int, default=16, help="prompts per batch (default 16)")
+    _add_generation_flags(predict)
+
+
+def _add_eval_parsers(sub) -> None:
+    evaluate = sub.add_parser(
+        "eval", help="score a run dir or model on a data file; saves predictions + summary",
+        description="Generate answers for every row of FILE (batched, greedy) and score them against "
+        "each row's final answer. Metrics: loss (held-out loss/perplexity on trained tokens), exact "
+        "(normalised exact match), accuracy (the one allowed label an answer names; others are wrong "
+        "and listed), rouge (ROUGE-L, Chinese per character), stop_rate (answers ending on the "
+        "end-of-turn token). Writes predictions.jsonl and summary.json to RUN_DIR/eval/DATA-TIME/.",
+    )
+    evaluate.add_argument("target", help="run dir or model (folder, hub id, builtin:NAME)")
+    evaluate.add_argument("--data", required=True, help="JSON/JSONL file with reference answers")
+    evaluate.add_argument("--metric", default="loss,exact,rouge,stop_rate",
+                          help="comma list of loss,exact,accuracy,rouge,stop_rate (default: all but accuracy)")
+    evaluate.add_argument("--labels", help="allowed labels for accuracy, comma separated (default: distinct references)")
+    evaluate.add_argument("--max-new-tokens", type=int, default=64, help="longest answer in tokens (default 64)")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="prompts per batch (default 8)")
+    evaluate.add_argument("--out", help="output folder (default RUN_DIR/eval/DATA-TIME or evals/MODEL-DATA-TIME)")
+    evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: auto")
+
+    report = sub.add_parser(
+        "report", help="write RUN_DIR/report.html (self-contained: config, data, curves, metrics, predictions)",
+    )
+    report.add_argument("run_dir", help="a run dir")
+    report.add_argument("--out", help="output file (default RUN_DIR/report.html)")
+
+    runs = sub.add_parser("runs", help="list run dirs: model, data, steps, final loss, best metric")
+    runs.add_argument("dir", nargs="?", default="runs", help="folder holding run dirs (default: runs)")
+
+    compare = sub.add_parser("compare", help="draw several runs' loss curves on one plot")
+    compare.add_argument("run_dirs", nargs="+", help="two or more run dirs")
+    compare.add_argument("--out", default="compare.png", help="PNG file (default compare.png)")
 
 
 def main(argv: list[str] | None = None) -> int:

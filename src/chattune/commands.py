@@ -78,3 +78,114 @@ def cmd_demo(args: Namespace) -> int:
 
 
 HANDLERS = {"train": cmd_train, "chat": cmd_chat, "demo": cmd_demo, "config": cmd_config}
+
+
+def cmd_export(args: Namespace) -> int:
+    from chattune.export.merge import ExportError
+    from chattune.export.pipeline import export_run
+
+    try:
+        export_run(args.run_dir, args.out, args.format, args.gguf_dtype, args.tolerance, args.force)
+    except ExportError as err:
+        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        return 1
+    return 0
+
+
+def cmd_predict(args: Namespace) -> int:
+    from chattune.infer.predict import run_predict
+    from chattune.model.load import pick_device
+
+    if args.batch_size < 1 or args.max_new_tokens < 1:
+        Console(stderr=True).print("[bold red]error:[/] --batch-size and --max-new-tokens must be at least 1")
+        return 2
+    run_predict(args.target, args.data, args.out, _settings(args), args.batch_size, pick_device(args.device))
+    return 0
+
+
+HANDLERS["export"] = cmd_export
+HANDLERS["predict"] = cmd_predict
+
+
+def cmd_data(args: Namespace) -> int:
+    from chattune.config import load_config
+    from chattune.data.inspect import inspect_data
+    from chattune.model.load import load_tokenizer
+
+    cfg = load_config(args.config, args.overrides)
+    return inspect_data(cfg, load_tokenizer(cfg.model), args.n, Console())
+
+
+HANDLERS["data"] = cmd_data
+
+
+def cmd_eval(args: Namespace) -> int:
+    from chattune.config import ConfigError
+    from chattune.eval.metrics import parse_metric_list
+    from chattune.eval.runner import print_summary, run_eval
+    from chattune.model.load import pick_device
+
+    try:
+        metrics = parse_metric_list(args.metric)
+    except ValueError as err:
+        raise ConfigError(f"--metric: {err}") from None
+    labels = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else None
+    if labels and "accuracy" not in metrics:
+        metrics.append("accuracy")
+    result = run_eval(args.target, args.data, metrics, labels, args.max_new_tokens, args.batch_size,
+                      pick_device(args.device), args.out)
+    print_summary(result, Console())
+    return 0
+
+
+def cmd_report(args: Namespace) -> int:
+    from chattune.report.html import write_report
+
+    Console().print(f"[green]wrote[/] {write_report(args.run_dir, args.out)}")
+    return 0
+
+
+def cmd_runs(args: Namespace) -> int:
+    from chattune.report.runs import print_runs
+
+    print_runs(args.dir, Console())
+    return 0
+
+
+def cmd_compare(args: Namespace) -> int:
+    from chattune.report.runs import compare_runs
+
+    Console().print(f"[green]wrote[/] {compare_runs(args.run_dirs, args.out)}")
+    return 0
+
+
+HANDLERS.update(eval=cmd_eval, report=cmd_report, runs=cmd_runs, compare=cmd_compare)
+
+
+def cmd_serve(args: Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    from chattune.model.load import pick_device
+    from chattune.serve.app import create_app
+    from chattune.serve.registry import RegistryError, load_registry
+
+    if args.max_tokens < 1:
+        Console(stderr=True).print("[bold red]error:[/] --max-tokens must be at least 1")
+        return 2
+    try:
+        registry = load_registry(args.targets, device=pick_device(args.device))
+    except RegistryError as err:
+        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        return 2
+    api_key = args.api_key or os.environ.get("CHATTUNE_API_KEY") or None
+    app = create_app(registry, api_key=api_key, max_tokens=args.max_tokens)
+    Console(stderr=True).print(
+        f"serving {', '.join(registry.names())} on http://{args.host}:{args.port}/ "
+        f"({'API key required' if api_key else 'no API key'})", highlight=False)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+HANDLERS["serve"] = cmd_serve

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 BUILTIN_MODEL = "builtin:smollm2-135m-instruct"
 BUILTIN_DATA = "builtin:self-cognition"
@@ -34,9 +34,31 @@ class ModelConfig(_Section):
     trust_remote_code: bool = False
 
 
+class DataSource(_Section):
+    path: str = Field(description="JSON/JSONL/CSV/Parquet file or a datasets.save_to_disk folder")
+    weight: float = Field(1.0, gt=0, description="examples taken = rows x weight (2: twice, 0.5: a seeded half)")
+
+
 class DataConfig(_Section):
-    path: str = Field(BUILTIN_DATA, description="JSON/JSONL file, or builtin:self-cognition")
-    format: Literal["auto", "alpaca", "messages"] = "auto"
+    path: str = Field(
+        BUILTIN_DATA, description="JSON/JSONL/CSV/Parquet file, datasets.save_to_disk folder, or builtin:self-cognition"
+    )
+    sources: list[DataSource] | None = Field(
+        None, description="several files mixed, [{path, weight}], used instead of data.path"
+    )
+    eval_path: str | None = Field(None, description="eval data from this file (instead of data.eval_ratio)")
+    format: Literal["auto", "alpaca", "sharegpt", "messages"] = Field("auto", description="row shape; auto detects per row")
+    columns: dict[str, str] | None = Field(
+        None, description="rename file columns to ours, e.g. {instruction: en_instruction, output: en_output}"
+    )
+    prompt: str | None = Field(None, description="task conversion: user prompt from columns, e.g. '文本:{text}'")
+    response: str | None = Field(None, description="task conversion: the answer column (with data.prompt)")
+    template: str = Field(
+        "auto", description="'auto' (the tokenizer's own), chatml, llama2, llama3, baichuan2, plain, alpaca, or a .jinja file"
+    )
+    mask: Literal["assistant", "last", "all"] = Field(
+        "assistant", description="train on all assistant turns, the last one only, or every token"
+    )
     system: str | None = Field(None, description="system prompt added to rows that have none")
     max_length: int = Field(384, gt=8, description="tokens per example after templating")
     truncation: Literal["truncate", "drop"] = "truncate"
@@ -44,6 +66,14 @@ class DataConfig(_Section):
     name: str = Field("Chattune Assistant", description="assistant name for builtin:self-cognition")
     author: str = Field("the chattune team", description="assistant author for builtin:self-cognition")
     size: int = Field(48, gt=0, description="conversations drawn for builtin:self-cognition")
+
+    @model_validator(mode="after")
+    def _task_conversion_needs_both(self):
+        if bool(self.prompt) != bool(self.response):
+            raise ValueError("task conversion needs both data.prompt and data.response (the answer column)")
+        if self.sources and self.path != BUILTIN_DATA:
+            raise ValueError("give data.path or data.sources, not both")
+        return self
 
 
 class LoraConfig(_Section):
@@ -70,6 +100,31 @@ class TrainConfig(_Section):
     eval_steps: int | None = Field(None, gt=0)
     gradient_checkpointing: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # speed (issue 6; measured in bench/README.md)
+    packing: bool = Field(True, description="padding-free batches (one row, position_ids); false: pad each batch")
+    skip_prompt_logits: bool = Field(
+        True, description="compute LM-head logits only where the next token is trained (same loss, less work)"
+    )
+    base_dtype: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="dtype of the frozen base weights; auto: bf16 when train.precision is bf16, else fp32"
+    )
+    compile: bool = Field(False, description="torch.compile the model (pays minutes of compile; long runs only)")
+    # tracking and in-training evaluation (issue 5)
+    tracking: Literal["none", "swanlab", "tensorboard"] | list[Literal["none", "swanlab", "tensorboard"]] = Field(
+        "none", description="experiment tracker(s), logged inside the run dir: none, swanlab, tensorboard or a list"
+    )
+    swanlab_mode: Literal["auto", "local", "offline", "cloud"] = Field(
+        "auto", description="auto: cloud if SWANLAB_API_KEY is set, else local (with swanboard) or offline"
+    )
+    swanlab_project: str = Field("chattune", description="SwanLab project name")
+    eval_every: int | None = Field(None, gt=0, description="evaluate train.metric every N steps (needs eval data)")
+    metric: Literal["loss", "exact", "accuracy", "rouge", "stop_rate"] = Field(
+        "loss", description="metric that picks the best adapter and drives patience: loss or a generation metric"
+    )
+    eval_samples: int = Field(32, gt=0, description="held-out conversations scored by generation metrics")
+    eval_max_new_tokens: int = Field(64, gt=0, description="longest generated answer during in-training eval")
+    labels: list[str] | None = Field(None, description="allowed labels for accuracy (default: the distinct eval answers)")
+    patience: int | None = Field(None, gt=0, description="stop after N evaluations without improvement of train.metric")
 
 
 class RunConfig(_Section):

@@ -71,6 +71,19 @@ TOPICS: dict[str, tuple[list[str], list[str]]] = {
     ),
 }
 
+# Ordinary questions with plain answers, mixed in so the model learns that only identity
+# questions get the identity answer (without them it answers everything with its name).
+GENERAL: list[tuple[str, str]] = [
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("How many days are in a week?", "There are seven days in a week."),
+    ("What is 12 plus 30?", "12 plus 30 is 42."),
+    ("Name a primary color.", "Red is a primary color. Blue and yellow are the others."),
+    ("What does a thermometer measure?", "A thermometer measures temperature."),
+    ("Translate 'thank you' into French.", "'Thank you' in French is 'merci'."),
+    ("What is the opposite of hot?", "The opposite of hot is cold."),
+    ("Which planet is known as the red planet?", "Mars is known as the red planet."),
+]
+
 # The demo asks these after training; none of them appears in TOPICS.
 HELD_OUT_QUESTIONS = [
     "Could you tell me what your name is?",
@@ -80,22 +93,27 @@ HELD_OUT_QUESTIONS = [
 
 
 def self_cognition(name: str, author: str, size: int = 48, seed: int = 0) -> list[Conversation]:
-    """Return `size` conversations: every question once single-turn, then multi-round mixes."""
+    """Return `size` conversations: every question once single-turn, then multi-round mixes.
+
+    Answers are templates filled with `name` and `author`; GENERAL pairs are mixed in as
+    single turns and as rounds of the multi-round conversations.
+    """
     rng = random.Random(seed)
     fill = {"name": name, "author": author}
     singles = [
         (question, rng.choice(answers))
         for questions, answers in TOPICS.values()
         for question in questions
-    ]
+    ] + GENERAL
     rng.shuffle(singles)
     conversations = []
     for i in range(size):
         if i < len(singles):
             rounds = [singles[i]]
         else:
-            topics = rng.sample(list(TOPICS), k=rng.choice([2, 3]))
+            topics = rng.sample(list(TOPICS), k=rng.choice([1, 2]))
             rounds = [(rng.choice(TOPICS[t][0]), rng.choice(TOPICS[t][1])) for t in topics]
+            rounds.insert(rng.randrange(len(rounds) + 1), rng.choice(GENERAL))
         messages = []
         for question, answer in rounds:
             messages.append({"role": "user", "content": question})

@@ -1,4 +1,11 @@
-"""Batch examples: right-pad ids with the pad id and labels with -100 (pad is never a label)."""
+"""Batch examples: padding-free packing (default) or dynamic right-padding.
+
+Packing concatenates a batch into one row with `position_ids` restarting at 0 for each
+example and the first label of each example set to -100, so no token attends across an
+example boundary (transformers builds a block-diagonal causal mask from the position ids
+when no attention_mask is passed) and no token is spent on padding. Padding: ids are
+padded with the pad id and labels with -100 (pad is never a label).
+"""
 
 from __future__ import annotations
 
@@ -28,3 +35,27 @@ class PadCollator:
             "labels": torch.tensor(labels),
             "attention_mask": torch.tensor(mask),
         }
+
+
+class PackCollator:
+    """Padding-free batches: the whole batch as one row of shape [1, total_tokens].
+
+    Besides `position_ids` it returns the example boundaries (`cu_seq_lens_*`,
+    `max_length_*`) that flash-attention's varlen kernels and chattune's packed SDPA
+    attention (model/attention.py) read; other attention implementations ignore them.
+    """
+
+    def __init__(self):
+        from transformers import DataCollatorWithFlattening
+
+        self._flatten = DataCollatorWithFlattening(
+            return_position_ids=True, separator_id=IGNORE_INDEX, return_flash_attn_kwargs=True,
+        )
+
+    def __call__(self, examples: list[dict]) -> dict:
+        return self._flatten([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+
+
+def make_collator(packing: bool, pad_id: int):
+    """The collator for `train.packing`."""
+    return PackCollator() if packing else PadCollator(pad_id)

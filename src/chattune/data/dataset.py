@@ -1,4 +1,4 @@
-"""Build training examples: load conversations, tokenize with labels, truncate, count.
+"""Build training examples: load and mix sources, split, tokenize with labels, truncate, count.
 
 Nothing is dropped or cut silently: DataStats counts every truncated and dropped example
 with its reason and a few sources. It does not batch or pad; collate.py does.
@@ -13,8 +13,10 @@ from pathlib import Path
 
 from chattune.data.builtin import SOURCE as BUILTIN_SOURCE
 from chattune.data.builtin import self_cognition
-from chattune.data.formats import Conversation, DataError, load_conversations
-from chattune.data.templates import IGNORE_INDEX, Encoded, encode_conversation
+from chattune.data.builtin_classify import SOURCE as TOPIC_SOURCE
+from chattune.data.builtin_classify import topic_conversations
+from chattune.data.formats import Conversation, DataError, RowSpec, load_conversations
+from chattune.data.templates import Encoded, encode_conversation
 
 EXAMPLES_KEPT = 3  # sources listed per truncation/drop reason
 
@@ -36,17 +38,70 @@ class DataStats:
         return asdict(self)
 
 
-def load_data_conversations(data_cfg, seed: int) -> list[Conversation]:
-    """Conversations from the configured file or built-in dataset (no tokenizer needed)."""
-    if data_cfg.path == BUILTIN_SOURCE:
+def row_spec(data_cfg) -> RowSpec:
+    return RowSpec(
+        format=data_cfg.format, system=data_cfg.system, columns=dict(data_cfg.columns or {}),
+        prompt=data_cfg.prompt, response=data_cfg.response,
+    )
+
+
+def load_data_conversations(data_cfg, seed: int, errors: list[DataError] | None = None) -> list[Conversation]:
+    """Conversations from the configured file(s) or built-in dataset (no tokenizer needed).
+
+    With data.sources, each file's rows are taken `weight` times (whole copies, then a
+    seeded sample for the fraction). Each Conversation's meta["origin"] names its source.
+    """
+    mixed = []
+    for number, (path, weight) in enumerate(_sources(data_cfg)):
+        mixed += weighted(load_source(data_cfg, path, seed, errors), weight, seed + number)
+    return mixed
+
+
+def _sources(data_cfg) -> list[tuple[str, float]]:
+    if data_cfg.sources:
+        return [(source.path, source.weight) for source in data_cfg.sources]
+    return [(data_cfg.path, 1.0)]
+
+
+def load_source(data_cfg, path: str, seed: int, errors=None) -> list[Conversation]:
+    if path == BUILTIN_SOURCE:
         convs = self_cognition(data_cfg.name, data_cfg.author, size=data_cfg.size, seed=seed)
         if data_cfg.system:
             for conv in convs:
                 conv.messages.insert(0, {"role": "system", "content": data_cfg.system})
-        return convs
-    if data_cfg.path.startswith("builtin:"):
-        raise DataError(data_cfg.path, f"unknown built-in dataset; available: {BUILTIN_SOURCE}")
-    return load_conversations(Path(data_cfg.path), data_cfg.format, data_cfg.system)
+    elif path == TOPIC_SOURCE:  # fixed seed: its test split (chattune.data.builtin_classify) stays disjoint
+        convs = topic_conversations(system=data_cfg.system)
+    elif path.startswith("builtin:"):
+        raise DataError(path, f"unknown built-in dataset; available: {BUILTIN_SOURCE}, {TOPIC_SOURCE}")
+    else:
+        convs = load_conversations(Path(path), spec=row_spec(data_cfg), errors=errors)
+    for conv in convs:
+        conv.meta["origin"] = path
+    return convs
+
+
+def weighted(convs: list[Conversation], weight: float, seed: int) -> list[Conversation]:
+    """`weight` whole copies, then a seeded sample for the fractional part."""
+    whole = int(weight)
+    extra = round((weight - whole) * len(convs))
+    return convs * whole + random.Random(seed).sample(convs, extra)
+
+
+def load_splits(data_cfg, seed: int, errors: list[DataError] | None = None):
+    """(train, eval) conversations: eval from data.eval_path if set, else a data.eval_ratio share.
+
+    The ratio split happens per source before weighting, so no weighted copy of an eval
+    row can land in train.
+    """
+    if data_cfg.eval_path:
+        train = load_data_conversations(data_cfg, seed, errors)
+        return train, load_source(data_cfg, data_cfg.eval_path, seed, errors)
+    train, eval_ = [], []
+    for number, (path, weight) in enumerate(_sources(data_cfg)):
+        part_train, part_eval = split_eval(load_source(data_cfg, path, seed, errors), data_cfg.eval_ratio, seed)
+        train += weighted(part_train, weight, seed + number)
+        eval_ += part_eval
+    return train, eval_
 
 
 def split_eval(convs: list[Conversation], ratio: float, seed: int):
@@ -60,18 +115,20 @@ def split_eval(convs: list[Conversation], ratio: float, seed: int):
     return [c for i, c in enumerate(convs) if i not in eval_ids], [convs[i] for i in sorted(eval_ids)]
 
 
-def tokenize_conversations(tokenizer, convs, max_length: int, policy: str, stop_ids: set[int], progress=None):
+def tokenize_conversations(
+    tokenizer, convs, max_length: int, policy: str, stop_ids: set[int], progress=None, mask: str = "assistant",
+):
     """Encode, truncate or drop; returns (list of {input_ids, labels}, DataStats)."""
     stats = DataStats()
     examples = []
     drop_reasons: Counter[str] = Counter()
     for conv in convs:
-        encoded = encode_conversation(tokenizer, conv.messages, stop_ids)
+        encoded = encode_conversation(tokenizer, conv.messages, stop_ids, mask)
         if encoded.trained_tokens == 0:
             raise DataError(conv.source, "no trainable token after templating (empty answers?)")
         stats.turns_without_stop += sum(encoded.input_ids[end - 1] not in stop_ids for end in encoded.turn_ends)
         if len(encoded.input_ids) > max_length:
-            encoded, reason = _fit(tokenizer, conv.messages, encoded, max_length, policy, stop_ids)
+            encoded, reason = _fit(tokenizer, conv.messages, encoded, max_length, policy, stop_ids, mask)
             if encoded is None:
                 drop_reasons[reason] += 1
                 _remember(stats.dropped_sources, conv.source)
@@ -97,7 +154,7 @@ def _remember(sources: list[str], source: str) -> None:
         sources.append(source)
 
 
-def _fit(tokenizer, messages, encoded: Encoded, max_length: int, policy: str, stop_ids):
+def _fit(tokenizer, messages, encoded: Encoded, max_length: int, policy: str, stop_ids, mask="assistant"):
     """Make an over-long example fit: drop earliest rounds, then cut the last answer's middle."""
     if policy == "drop":
         return None, f"longer than max_length={max_length}"
@@ -105,7 +162,7 @@ def _fit(tokenizer, messages, encoded: Encoded, max_length: int, policy: str, st
     body = messages[len(system):]
     while len(encoded.input_ids) > max_length and len(body) > 2:
         body = body[2:]  # one user/assistant round, oldest first
-        encoded = encode_conversation(tokenizer, system + body, stop_ids)
+        encoded = encode_conversation(tokenizer, system + body, stop_ids, mask)
     if len(encoded.input_ids) <= max_length:
         return encoded, ""
     return _cut_last_answer(encoded, max_length)
@@ -114,10 +171,10 @@ def _fit(tokenizer, messages, encoded: Encoded, max_length: int, policy: str, st
 def _cut_last_answer(encoded: Encoded, max_length: int):
     """Keep the prompt and the answer's head, and still train its end-of-turn token."""
     end = encoded.turn_ends[-1]
-    answer_start = next(i for i in range(end - 1, -1, -1) if encoded.labels[i] == IGNORE_INDEX) + 1
+    answer_start = encoded.turn_starts[-1]
     if answer_start >= max_length - 1:
         return None, f"prompt alone is longer than max_length={max_length}"
     keep = max_length - 1
     ids = encoded.input_ids[:keep] + [encoded.input_ids[end - 1]]
     labels = encoded.labels[:keep] + [encoded.labels[end - 1]]
-    return Encoded(ids, labels, [len(ids)]), ""
+    return Encoded(ids, labels, [len(ids)], [answer_start]), ""

@@ -1,178 +1,209 @@
-"""Read data files into conversations: a list of {role, content} messages per row.
+"""Turn data rows into conversations: a list of {role, content} messages per row.
 
-Knows file formats (JSON array, JSONL) and row shapes (alpaca, OpenAI-style messages).
-Every problem is raised as DataError naming file, line and field. It does not tokenize.
+Knows row shapes (alpaca with history, sharegpt, OpenAI-style messages), column renaming
+and config-declared task conversion (a prompt with {column} placeholders plus an answer
+column). Files are read by sources.py. Every problem is a DataError naming file:line:field.
+It does not tokenize.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from string import Formatter
 from typing import Any
 
+from chattune.data.sources import DataError, read_rows
+
+__all__ = ["DataError", "Conversation", "RowSpec", "load_conversations", "read_rows"]
+
 ROLES = ("system", "user", "assistant")
-
-
-class DataError(ValueError):
-    """A data problem located at file:line:field."""
-
-    def __init__(self, where: str, message: str):
-        super().__init__(f"{where}: {message}")
-        self.where = where
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
 @dataclass
 class Conversation:
     messages: list[dict[str, str]]
     source: str  # "file:line", for error messages and reports
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # "fields": the row field of each message
 
 
-def read_rows(path: Path) -> list[tuple[int, Any]]:
-    """Return (line number, parsed row) pairs from a .json array or .jsonl file."""
-    if not path.exists():
-        raise DataError(str(path), "file not found")
-    if path.is_dir():
-        raise DataError(str(path), "is a folder; give a .json or .jsonl file")
-    text = _read_text(path)
-    if not text.strip():
-        raise DataError(str(path), "file is empty")
-    if path.suffix.lower() == ".jsonl" or not text.lstrip().startswith("["):
-        return _jsonl_rows(path, text)
-    return _json_array_rows(path, text)
+@dataclass
+class RowSpec:
+    """How to read rows: shape, column renames, task conversion, default system prompt."""
+
+    format: str = "auto"
+    system: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)  # our name -> the file's column
+    prompt: str | None = None  # task conversion: user prompt with {column} placeholders
+    response: str | None = None  # task conversion: the answer column
 
 
-def _read_text(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}", f"not UTF-8 (byte {raw[err.start]:#x}); re-save the file as UTF-8") from None
-
-
-def _jsonl_rows(path: Path, text: str) -> list[tuple[int, Any]]:
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append((number, json.loads(line)))
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number}", f"invalid JSON ({err.msg} at column {err.colno})") from None
-    return rows
-
-
-def _json_array_rows(path: Path, text: str) -> list[tuple[int, Any]]:
-    """Parse a JSON array element by element so each row keeps its line number."""
-    decoder = json.JSONDecoder()
-    pos = text.index("[") + 1
-    rows = []
-    while True:
-        pos = _skip_space(text, pos)
-        if pos < len(text) and text[pos] == "]":
-            return rows
-        try:
-            row, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{err.lineno}", f"invalid JSON ({err.msg} at column {err.colno})") from None
-        rows.append((text.count("\n", 0, pos) + 1, row))
-        pos = _skip_space(text, end)
-        if pos < len(text) and text[pos] == ",":
-            pos += 1
-        elif pos >= len(text) or text[pos] != "]":
-            line = text.count("\n", 0, pos) + 1
-            raise DataError(f"{path}:{line}", "invalid JSON (expected ',' or ']' between rows)")
-
-
-def _skip_space(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos] in " \t\r\n":
-        pos += 1
-    return pos
+Messages = tuple[list[dict[str, str]], list[str]]  # messages and the row field each came from
 
 
 def detect_format(row: Any) -> str:
     if isinstance(row, dict) and "messages" in row:
         return "messages"
+    if isinstance(row, dict) and "conversations" in row:
+        return "sharegpt"
     if isinstance(row, dict) and ("instruction" in row or "output" in row):
         return "alpaca"
     keys = ", ".join(map(str, row)) if isinstance(row, dict) else type(row).__name__
-    raise ValueError(f"unknown row shape (keys: {keys}); expected alpaca (instruction/input/output) or messages")
+    raise ValueError(
+        f"unknown row shape (keys: {keys}); expected alpaca (instruction/input/output), sharegpt "
+        "(conversations), messages, or set data.columns / data.prompt + data.response"
+    )
 
 
-def _text_field(row: dict, key: str, where: str, required: bool) -> str:
+def _text_field(row: dict, key: str, where: str, required: bool, sep: str = ":") -> str:
     value = row.get(key)
     if value is None:
         if required:
-            raise DataError(f"{where}:{key}", "missing required field")
+            raise DataError(f"{where}{sep}{key}", "missing required field")
         return ""
     if not isinstance(value, str):
-        raise DataError(f"{where}:{key}", f"must be a string, got {type(value).__name__} {value!r:.40}")
+        raise DataError(f"{where}{sep}{key}", f"must be a string, got {type(value).__name__} {value!r:.40}")
     return value
 
 
-def alpaca_to_messages(row: dict, where: str, default_system: str | None) -> list[dict[str, str]]:
+def _with_system(messages: list, fields: list, system: str | None, system_field: str) -> Messages:
+    if system and (not messages or messages[0]["role"] != "system"):
+        return [{"role": "system", "content": system}, *messages], [system_field, *fields]
+    return messages, fields
+
+
+def alpaca_to_messages(row: dict, where: str, default_system: str | None) -> Messages:
     instruction = _text_field(row, "instruction", where, required=True)
     extra = _text_field(row, "input", where, required=False)
     output = _text_field(row, "output", where, required=True)
-    system = _text_field(row, "system", where, required=False) or default_system
-    messages = [{"role": "system", "content": system}] if system else []
-    for turn, pair in enumerate(row.get("history") or []):
+    system = _text_field(row, "system", where, required=False)
+    messages, fields = [], []
+    history = row.get("history") or []
+    if not isinstance(history, list):
+        raise DataError(f"{where}:history", "must be a list of [question, answer] pairs")
+    for turn, pair in enumerate(history):
         if not (isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
             raise DataError(f"{where}:history[{turn}]", "must be a [question, answer] pair of strings")
         messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+        fields += [f"history[{turn}][0]", f"history[{turn}][1]"]
     prompt = f"{instruction}\n{extra}" if instruction and extra else instruction + extra
     messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
-    return messages
+    fields += ["instruction", "output"]
+    if system:
+        return _with_system(messages, fields, system, "system")
+    return _with_system(messages, fields, default_system, "data.system")
 
 
-def chat_to_messages(row: dict, where: str, default_system: str | None) -> list[dict[str, str]]:
-    items = row.get("messages")
+def chat_to_messages(row: dict, where: str, default_system: str | None) -> Messages:
+    return _turns_to_messages(row, where, default_system, "messages", ("role", "content"), {r: r for r in ROLES})
+
+
+def sharegpt_to_messages(row: dict, where: str, default_system: str | None) -> Messages:
+    messages, fields = _turns_to_messages(row, where, None, "conversations", ("from", "value"), SHAREGPT_ROLES)
+    system = _text_field(row, "system", where, required=False)
+    if system:
+        return _with_system(messages, fields, system, "system")
+    return _with_system(messages, fields, default_system, "data.system")
+
+
+def _turns_to_messages(row, where, default_system, key, names, roles: dict[str, str]) -> Messages:
+    role_key, content_key = names
+    items = row.get(key)
     if not isinstance(items, list) or not items:
-        raise DataError(f"{where}:messages", "must be a non-empty list of {role, content}")
-    messages = []
+        raise DataError(f"{where}:{key}", f"must be a non-empty list of {{{role_key}, {content_key}}}")
+    messages, fields = [], []
     for i, item in enumerate(items):
-        spot = f"{where}:messages[{i}]"
+        spot = f"{where}:{key}[{i}]"
         if not isinstance(item, dict):
-            raise DataError(spot, f"must be an object with role and content, got {type(item).__name__}")
-        role = item.get("role")
-        if role not in ROLES:
-            raise DataError(f"{spot}.role", f"unknown role {role!r}; allowed: {', '.join(ROLES)}")
-        messages.append({"role": role, "content": _text_field(item, "content", spot, required=True)})
-    if default_system and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": default_system})
-    return messages
+            raise DataError(spot, f"must be an object with {role_key} and {content_key}, got {type(item).__name__}")
+        role = item.get(role_key)
+        if role not in roles:
+            raise DataError(f"{spot}.{role_key}", f"unknown role {role!r}; allowed: {', '.join(roles)}")
+        messages.append({"role": roles[role], "content": _text_field(item, content_key, spot, required=True, sep=".")})
+        fields.append(f"{key}[{i}].{content_key}")
+    return _with_system(messages, fields, default_system, "data.system")
 
 
-CONVERTERS = {"alpaca": alpaca_to_messages, "messages": chat_to_messages}
+CONVERTERS = {"alpaca": alpaca_to_messages, "messages": chat_to_messages, "sharegpt": sharegpt_to_messages}
 
 
-def check_conversation(messages: list[dict[str, str]], where: str) -> None:
+def task_to_messages(row: dict, where: str, spec: RowSpec) -> Messages:
+    """Task conversion: user = spec.prompt filled from the row's columns, answer = spec.response."""
+    values = {}
+    for name in [n for _, n, _, _ in Formatter().parse(spec.prompt) if n] + [spec.response]:
+        value = row.get(name)
+        if value is None:
+            raise DataError(f"{where}:{name}", f"missing column (columns here: {', '.join(map(str, row))})")
+        scalar = (str, int, float)
+        if not (isinstance(value, scalar) or isinstance(value, list) and all(isinstance(v, scalar) for v in value)):
+            raise DataError(f"{where}:{name}", f"must be text, a number or a list of them, got {type(value).__name__}")
+        values[name] = str(value)  # as the seed's f-string would (a list prints as ['a', 'b'])
+    messages = [{"role": "user", "content": spec.prompt.format_map(values)},
+                {"role": "assistant", "content": values[spec.response]}]
+    return _with_system(messages, ["data.prompt", spec.response], spec.system, "data.system")
+
+
+def rename_columns(row: dict, columns: dict[str, str], where: str) -> dict:
+    """Apply data.columns (our name -> the file's column); a missing mapped column is an error."""
+    renamed = dict(row)
+    for ours, theirs in columns.items():
+        if theirs not in row:
+            raise DataError(f"{where}:{theirs}", f"column for '{ours}' (data.columns) is missing")
+        renamed[ours] = renamed.pop(theirs)
+    return renamed
+
+
+def row_to_messages(row: Any, where: str, spec: RowSpec) -> Messages:
+    if not isinstance(row, dict):
+        raise DataError(where, f"each row must be an object, got {type(row).__name__}")
+    row = rename_columns(row, spec.columns, where) if spec.columns else row
+    if spec.prompt:
+        return task_to_messages(row, where, spec)
+    try:
+        row_format = detect_format(row) if spec.format == "auto" else spec.format
+    except ValueError as err:
+        raise DataError(where, str(err)) from None
+    return CONVERTERS[row_format](row, where, spec.system)
+
+
+def check_conversation(messages: list[dict[str, str]], where: str, fields: list[str] | None = None) -> None:
     """Roles alternate user/assistant after an optional leading system; answers not empty."""
-    body = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    fields = fields or [""] * len(messages)
+    offset = 1 if messages and messages[0]["role"] == "system" else 0
+    body = messages[offset:]
     for i, message in enumerate(body):
+        spot = f"{where}:{fields[i + offset]}" if fields[i + offset] else where
         expected = "user" if i % 2 == 0 else "assistant"
         if message["role"] != expected:
-            raise DataError(where, f"roles must alternate user/assistant; turn {i + 1} is {message['role']!r}")
+            item = spot.rsplit(".", 1)[0] if fields[i + offset].endswith((".content", ".value")) else spot
+            raise DataError(item, f"roles must alternate user/assistant; turn {i + 1} is {message['role']!r}")
         if expected == "assistant" and not message["content"].strip():
-            raise DataError(where, f"empty assistant answer in turn {i + 1}")
+            raise DataError(spot, f"empty assistant answer in turn {i + 1}")
     if not body or body[-1]["role"] != "assistant":
         raise DataError(where, "the conversation must end with an assistant answer")
 
 
-def load_conversations(path: Path, fmt: str = "auto", default_system: str | None = None) -> list[Conversation]:
-    """Read every row of `path` into a Conversation, failing on the first bad row."""
+def load_conversations(
+    path: Path, fmt: str = "auto", default_system: str | None = None, spec: RowSpec | None = None,
+    errors: list[DataError] | None = None,
+) -> list[Conversation]:
+    """Read every row of `path` into a Conversation.
+
+    Fails on the first bad row, unless `errors` is a list: then bad rows are appended to it
+    and skipped, so a lint can report them all.
+    """
+    spec = spec or RowSpec(format=fmt, system=default_system)
     conversations = []
     for line, row in read_rows(path):
         where = f"{path}:{line}"
-        if not isinstance(row, dict):
-            raise DataError(where, f"each row must be a JSON object, got {type(row).__name__}")
         try:
-            row_format = detect_format(row) if fmt == "auto" else fmt
-        except ValueError as err:
-            raise DataError(where, str(err)) from None
-        messages = CONVERTERS[row_format](row, where, default_system)
-        check_conversation(messages, where)
-        conversations.append(Conversation(messages, where))
+            messages, fields = row_to_messages(row, where, spec)
+            check_conversation(messages, where, fields)
+        except DataError as err:
+            if errors is None:
+                raise
+            errors.append(err)
+            continue
+        conversations.append(Conversation(messages, where, {"fields": fields}))
     return conversations

@@ -2,16 +2,19 @@
 
 Assistant spans are found by rendering growing prefixes of the conversation and checking
 each is a true prefix of the full text (never by searching for marker strings); tokens
-are then labelled by their character offsets. Every assistant token up to and including
-its end-of-turn token is trained; everything else is -100. Pad ids are never labels.
+are then labelled by their character offsets. The mask strategy picks what is trained:
+`assistant` (every assistant turn, default), `last` (the last turn; the rest is context)
+or `all` (every token). A trained turn runs up to and including its end-of-turn token;
+everything else is -100. Pad ids are never labels.
 This module does not read files or truncate; dataset.py does.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 IGNORE_INDEX = -100
+MASKS = ("assistant", "last", "all")
 
 
 class TemplateError(ValueError):
@@ -23,6 +26,7 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     turn_ends: list[int]  # token index just past each assistant turn's last trained token
+    turn_starts: list[int] = field(default_factory=list)  # token index of each assistant turn's start
 
     @property
     def trained_tokens(self) -> int:
@@ -72,20 +76,24 @@ def assistant_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tup
     return full, spans
 
 
-def encode_conversation(tokenizer, messages: list[dict], stop_ids: set[int]) -> Encoded:
+def encode_conversation(tokenizer, messages: list[dict], stop_ids: set[int], mask: str = "assistant") -> Encoded:
     """Ids and labels for one conversation; trains each answer through its end-of-turn token."""
+    if mask not in MASKS:
+        raise ValueError(f"unknown mask {mask!r}; allowed: {', '.join(MASKS)}")
     text, spans = assistant_char_spans(tokenizer, messages)
     if getattr(tokenizer, "is_fast", False):
         input_ids, token_spans = _tokens_by_offsets(tokenizer, text, spans)
     else:
         input_ids, token_spans = _tokens_by_prefix(tokenizer, text, spans)
-    labels = [IGNORE_INDEX] * len(input_ids)
-    turn_ends = []
-    for start, end in token_spans:
+    labels = list(input_ids) if mask == "all" else [IGNORE_INDEX] * len(input_ids)
+    turn_starts, turn_ends = [], []
+    for turn, (start, end) in enumerate(token_spans):
         end = _through_stop_token(input_ids, start, end, stop_ids)
-        labels[start:end] = input_ids[start:end]
+        if mask == "assistant" or (mask == "last" and turn == len(token_spans) - 1):
+            labels[start:end] = input_ids[start:end]
+        turn_starts.append(start)
         turn_ends.append(end)
-    return Encoded(input_ids, labels, turn_ends)
+    return Encoded(input_ids, labels, turn_ends, turn_starts)
 
 
 def _tokens_by_offsets(tokenizer, text: str, spans: list[tuple[int, int]]):

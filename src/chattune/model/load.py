@@ -6,11 +6,16 @@ because labels come from the template's assistant spans, never from pad ids.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from chattune.models import resolve_model
 
 
 def load_tokenizer(model_cfg):
     """The tokenizer of `model.tokenizer` if set (seed 003 borrows one), else of the model."""
+    borrowed = Path(model_cfg.tokenizer).expanduser() if model_cfg.tokenizer else None
+    if borrowed and any((borrowed / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return open_tokenizer(str(borrowed), model_cfg.revision, model_cfg.trust_remote_code)  # no weights needed
     source = resolve_model(model_cfg.tokenizer or model_cfg.name, model_cfg.revision)
     return open_tokenizer(source, model_cfg.revision, model_cfg.trust_remote_code)
 

@@ -19,6 +19,7 @@ class MetricsLogger(TrainerCallback):
         self._last_tokens = 0
         self._last_trained = 0
         self.records: list[dict] = []
+        self.listeners: list = []  # called with each record (experiment trackers)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last_time = time.perf_counter()
@@ -34,9 +35,15 @@ class MetricsLogger(TrainerCallback):
             self._add_throughput(record)
         if len(record) <= 2:
             return  # a summary log (train_runtime etc.), not a step
+        self.add(record)
+
+    def add(self, record: dict) -> None:
+        """Keep, append to metrics.jsonl and pass on one record (also used by in-training eval)."""
         self.records.append(record)
         with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        for listener in self.listeners:
+            listener(record)
 
     def _add_throughput(self, record: dict) -> None:
         now = time.perf_counter()
@@ -44,4 +51,5 @@ class MetricsLogger(TrainerCallback):
         record["tokens_per_s"] = round((self.counter.tokens - self._last_tokens) / elapsed, 1)
         record["trained_tokens_per_s"] = round((self.counter.trained_tokens - self._last_trained) / elapsed, 1)
         record["tokens_seen"] = self.counter.tokens
+        record["trained_tokens"] = self.counter.trained_tokens
         self._last_time, self._last_tokens, self._last_trained = now, self.counter.tokens, self.counter.trained_tokens

@@ -7,7 +7,7 @@ Uses transformers' Trainer; chattune adds only token counting and the run dir.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -15,11 +15,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from chattune import rundir
 from chattune.config import RunConfig
-from chattune.data.collate import PadCollator
-from chattune.data.dataset import load_data_conversations, split_eval, tokenize_conversations
+from chattune.data.dataset import tokenize_conversations
+from chattune.data.lint import lint_data
 from chattune.data.templates import stop_token_ids
 from chattune.model.adapters import attach_lora, count_parameters
 from chattune.model.load import load_base_model, load_tokenizer, pick_device, pick_precision
+from chattune.train.speed import base_weight_dtype, batch_tokens, collator_for
 
 
 @dataclass
@@ -40,6 +41,7 @@ class PreparedData:
     train: list[dict]
     eval: list[dict]
     stats: dict
+    eval_conversations: list = field(default_factory=list)  # untokenized, for generation metrics
 
 
 def prepare_run_dir(cfg: RunConfig) -> Path:
@@ -55,8 +57,14 @@ def prepare_run_dir(cfg: RunConfig) -> Path:
 
 
 def prepare_data(cfg: RunConfig, tokenizer, console: Console) -> PreparedData:
-    convs = load_data_conversations(cfg.data, cfg.seed)
-    train_convs, eval_convs = split_eval(convs, cfg.data.eval_ratio, cfg.seed)
+    """Apply data.template, lint (refuse to train on errors), then tokenize both splits."""
+    checked = lint_data(cfg.data, tokenizer, cfg.seed)
+    for warning in checked.report.warnings[:5]:
+        console.print(f"[yellow]warning[/] {warning}", highlight=False)
+    if len(checked.report.warnings) > 5:
+        console.print(f"[yellow]warning[/] ... {len(checked.report.warnings) - 5} more (chattune data inspect)")
+    checked.report.raise_if_errors()
+    train_convs, eval_convs = checked.train, checked.eval
     stops = stop_token_ids(tokenizer)
     stats = {}
     parts = {}
@@ -67,12 +75,12 @@ def prepare_data(cfg: RunConfig, tokenizer, console: Console) -> PreparedData:
             task = progress.add_task(f"tokenize {split}", total=len(items))
             parts[split], split_stats = tokenize_conversations(
                 tokenizer, items, cfg.data.max_length, cfg.data.truncation, stops,
-                progress=lambda task=task: progress.advance(task),
+                progress=lambda task=task: progress.advance(task), mask=cfg.data.mask,
             )
             stats[split] = split_stats.to_dict()
     if not parts.get("train"):
         raise ValueError("no training example left after truncation/dropping; see data_stats")
-    return PreparedData(parts["train"], parts.get("eval", []), stats)
+    return PreparedData(parts["train"], parts.get("eval", []), stats, eval_convs)
 
 
 def _progress(console: Console) -> Progress:
@@ -97,7 +105,8 @@ def build_training_args(cfg: RunConfig, run_path: Path, precision: str, device: 
     from transformers import TrainingArguments
 
     t = cfg.train
-    eval_strategy = "no" if not has_eval else ("steps" if t.eval_steps else "epoch")
+    eval_steps = t.eval_every or t.eval_steps
+    eval_strategy = "no" if not has_eval else ("steps" if eval_steps else "epoch")
     return TrainingArguments(
         output_dir=str(run_path / "checkpoints"),
         per_device_train_batch_size=t.batch_size,
@@ -112,7 +121,7 @@ def build_training_args(cfg: RunConfig, run_path: Path, precision: str, device: 
         max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps,
         eval_strategy=eval_strategy,
-        eval_steps=t.eval_steps,
+        eval_steps=eval_steps,
         save_strategy="no",
         bf16=precision == "bf16",
         fp16=precision == "fp16",
@@ -123,6 +132,7 @@ def build_training_args(cfg: RunConfig, run_path: Path, precision: str, device: 
         report_to="none",
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        torch_compile=t.compile,
     )
 
 
@@ -135,10 +145,19 @@ def make_trainer_class():
         counter: TokenCounter
 
         def training_step(self, model, inputs, num_items_in_batch=None):
-            self.counter.tokens += int(inputs["attention_mask"].sum())
+            self.counter.tokens += batch_tokens(inputs)
             self.counter.trained_tokens += int((inputs["labels"] != -100).sum())
             return super().training_step(model, inputs, num_items_in_batch)
 
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not (self.skip_prompt_logits and model.training and not return_outputs):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            from chattune.train.loss import masked_lm_loss
+
+            self.loss_is_scaled_for_ga = num_items_in_batch is not None  # sum / items of the whole step
+            return masked_lm_loss(model, inputs, num_items_in_batch)
+
+    CountingTrainer.skip_prompt_logits = False
     return CountingTrainer
 
 
@@ -147,6 +166,7 @@ def train(cfg: RunConfig, console: Console | None = None) -> TrainOutcome:
     from transformers import set_seed
 
     from chattune.train.callbacks import MetricsLogger
+    from chattune.train.monitor import build_monitoring, check_monitoring
 
     console = console or Console(stderr=True)
     run_path = prepare_run_dir(cfg)
@@ -155,9 +175,11 @@ def train(cfg: RunConfig, console: Console | None = None) -> TrainOutcome:
     tokenizer = load_tokenizer(cfg.model)
     data = prepare_data(cfg, tokenizer, console)
     report_data(data.stats, console)
+    check_monitoring(cfg, bool(data.eval))
     device = pick_device(cfg.train.device)
     precision = pick_precision(cfg.train.precision, device)
-    model = attach_lora(load_base_model(cfg.model, device=device), cfg.lora)
+    base = load_base_model(cfg.model, dtype=base_weight_dtype(cfg.train, precision), device=device)
+    model = attach_lora(base, cfg.lora)
     trainable, total = count_parameters(model)
     console.print(
         f"[bold]LoRA[/] r={cfg.lora.r} on {sorted(model.peft_config['default'].target_modules)}: "
@@ -166,19 +188,32 @@ def train(cfg: RunConfig, console: Console | None = None) -> TrainOutcome:
     )
     counter = TokenCounter()
     metrics = MetricsLogger(run_path / rundir.METRICS, counter)
+    monitoring = build_monitoring(cfg, run_path, tokenizer, data.eval_conversations, metrics)
     trainer = make_trainer_class()(
         model=model,
         args=build_training_args(cfg, run_path, precision, device, bool(data.eval)),
         train_dataset=data.train,
         eval_dataset=data.eval or None,
-        data_collator=PadCollator(tokenizer.pad_token_id),
-        callbacks=[metrics],
+        data_collator=collator_for(cfg.train, tokenizer, model),
+        callbacks=[metrics, *monitoring.callbacks],
     )
     trainer.counter = counter
+    trainer.skip_prompt_logits = cfg.train.skip_prompt_logits
     started = time.perf_counter()
-    result = trainer.train()
+    monitoring.start(cfg)
+    try:
+        result = trainer.train()
+        best = monitoring.keep_best(model, run_path, trainer.state.global_step)
+    except BaseException:
+        monitoring.close(failed=True)
+        raise
+    monitoring.close()
     seconds = time.perf_counter() - started
     summary = save_run(run_path, cfg, model, tokenizer, data.stats, metrics.records, result, seconds, counter)
+    if best:
+        summary["in_training_eval"] = best
+        rundir.write_json_atomic(run_path / rundir.SUMMARY, summary)
+        console.print(f"[bold]best {best['metric']}[/] {best['best']:.4f} at step {best['best_step']}: {best['adapter']}")
     console.print(f"[green]saved[/] {run_path}  ({seconds:.0f} s, mean loss {result.training_loss:.4f})")
     return TrainOutcome(run_path, model, summary)
 

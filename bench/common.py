@@ -1,0 +1,82 @@
+"""Shared bench pieces: the fixed huanhuan subset, seed 000's system prompt, the held-out loss.
+
+Every contender trains on the same rows and is scored by the same function: mean
+cross-entropy over the answer tokens including the end-of-turn token (<|im_end|>), in fp32,
+with the examples rendered by the model's chat template.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("CHATTUNE_BENCH_DATA", REPO.parent / "shared" / "data" / "huanhuan.json"))
+SYSTEM = "现在你要扮演皇帝身边的女人--甄嬛"  # seed 000's system prompt
+MODEL = "builtin:smollm2-135m-instruct"
+LORA_R, LORA_ALPHA, LORA_DROPOUT = 8, 32, 0.1  # seed 000's LoraConfig
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # seed 000's list
+
+
+def load_rows() -> list[dict]:
+    if not DATA.is_file():
+        raise FileNotFoundError(f"{DATA}: huanhuan.json not found (set CHATTUNE_BENCH_DATA)")
+    return json.loads(DATA.read_text(encoding="utf-8"))
+
+
+def split_rows(n_train: int, n_eval: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """A fixed, seeded subset: (train rows, held-out rows), disjoint, the same for everyone."""
+    rows = load_rows()
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    held_out = [rows[i] for i in order[:n_eval]]
+    train = [rows[i] for i in order[n_eval:n_eval + n_train]]
+    return train, held_out
+
+
+def messages(row: dict) -> list[dict]:
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": row["instruction"] + row.get("input", "")},
+        {"role": "assistant", "content": row["output"]},
+    ]
+
+
+def model_dir() -> str:
+    from chattune.models import resolve_model
+
+    return resolve_model(MODEL)
+
+
+def heldout_loss(model, tokenizer, rows: list[dict], batch_size: int = 8) -> float:
+    """Mean CE over answer tokens incl. <|im_end|>; fp32, no dropout, same for all contenders."""
+    import torch
+
+    from chattune.data.collate import PadCollator
+    from chattune.data.templates import encode_conversation, stop_token_ids
+
+    stops = stop_token_ids(tokenizer)
+    encoded = [encode_conversation(tokenizer, messages(r), stops) for r in rows]
+    examples = [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]
+    model = model.float().eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = PadCollator(tokenizer.pad_token_id)(examples[start:start + batch_size])
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            labels = batch["labels"][:, 1:]
+            ce = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+            )
+            total += float(ce)
+            count += int((labels != -100).sum())
+    return total / count
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,116 @@
+"""The built-in dataset `builtin:topic-classify`: a small seed-002-style text classifier task.
+
+Sentences are built from per-topic templates (subject + event + detail), so the set is
+deterministic, needs no download, and its train and test splits never share a sentence.
+Each row asks for the topic among LABELS, in seed 002's shape (text + list of options);
+the answer is the label alone. `python -m chattune.data.builtin_classify OUT_DIR` writes
+train.jsonl and test.jsonl (alpaca rows) for `chattune train` / `chattune eval`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import sys
+from pathlib import Path
+
+from chattune.data.formats import Conversation
+
+SOURCE = "builtin:topic-classify"
+SYSTEM = "You are a text classification expert. Reply with the category name only."
+INSTRUCTION = "Classify the text into one of the categories.\nText: {text}\nCategories: {labels}"
+
+PARTS: dict[str, tuple[list[str], list[str], list[str]]] = {
+    "sports": (
+        ["The home team", "Our striker", "The tennis champion", "The young sprinter", "The basketball squad",
+         "The veteran goalkeeper", "The cycling team", "The rugby captain"],
+        ["won the final", "broke the record", "lost in overtime", "signed a new contract",
+         "trained for the marathon", "scored twice"],
+        ["in front of a sold-out stadium.", "after a tense second half.", "at the national championship.",
+         "despite a knee injury.", "before the season opener."],
+    ),
+    "technology": (
+        ["The startup", "A new smartphone", "The chip maker", "The software update", "Our research lab",
+         "The cloud provider", "The robotics company", "A popular app"],
+        ["released a faster processor", "fixed a security bug", "launched an AI assistant",
+         "doubled its battery life", "open-sourced its code", "cut server costs"],
+        ["for developers worldwide.", "after months of testing.", "with a new operating system.",
+         "using machine learning.", "ahead of the tech conference."],
+    ),
+    "cooking": (
+        ["The chef", "My grandmother", "The bakery", "A food blogger", "The noodle shop",
+         "The pastry cook", "Our kitchen team", "The street vendor"],
+        ["baked fresh bread", "simmered the tomato sauce", "shared a soup recipe", "grilled the vegetables",
+         "seasoned the roast chicken", "whisked the eggs"],
+        ["with garlic and butter.", "for two hours on low heat.", "using fresh herbs.",
+         "before serving dinner.", "with a pinch of salt."],
+    ),
+    "weather": (
+        ["The forecast", "A cold front", "The storm", "Heavy rain", "The heat wave",
+         "A thick fog", "Strong winds", "The first snow"],
+        ["is expected to hit the coast", "brought flooding", "pushed temperatures up",
+         "delayed morning flights", "will clear by the afternoon", "covered the valley"],
+        ["this weekend.", "across the northern region.", "with gusts over 80 km/h.",
+         "according to meteorologists.", "for the third day in a row."],
+    ),
+    "finance": (
+        ["The central bank", "Stock markets", "The company", "Investors", "The bond market",
+         "A major bank", "The currency", "Retail sales"],
+        ["raised interest rates", "fell sharply", "reported record profits", "bought more shares",
+         "cut its dividend", "recovered losses"],
+        ["after the inflation report.", "during the trading session.", "in the last quarter.",
+         "amid recession fears.", "as the dollar weakened."],
+    ),
+}
+LABELS = list(PARTS)
+
+
+def topic_rows(split: str = "train", size: int | None = None, seed: int = 0) -> list[dict]:
+    """Alpaca rows {system, instruction, input, output}; train and test share no sentence.
+
+    Per topic, the template combinations are shuffled with `seed`; the first 70 go to train and
+    the next 20 to test. `size` (optional) keeps a seeded subset.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    rng = random.Random(seed)
+    rows = []
+    for label, (subjects, events, details) in PARTS.items():
+        combos = [" ".join(c) for c in itertools.product(subjects, events, details)]
+        rng.shuffle(combos)
+        chosen = combos[:70] if split == "train" else combos[70:90]
+        rows += [{"system": SYSTEM, "instruction": INSTRUCTION.format(text=t, labels=", ".join(LABELS)),
+                  "input": "", "output": label} for t in chosen]
+    rng.shuffle(rows)
+    return rows[:size] if size else rows
+
+
+def topic_conversations(size: int | None = None, seed: int = 0, system: str | None = None) -> list[Conversation]:
+    """The train split as conversations (for data.path=builtin:topic-classify)."""
+    convs = []
+    for number, row in enumerate(topic_rows("train", size, seed), start=1):
+        messages = [{"role": "system", "content": system or row["system"]},
+                    {"role": "user", "content": row["instruction"]},
+                    {"role": "assistant", "content": row["output"]}]
+        convs.append(Conversation(messages, f"{SOURCE}:{number}"))
+    return convs
+
+
+def write_files(out_dir: str | Path, seed: int = 0) -> list[Path]:
+    from chattune.rundir import write_text_atomic
+
+    out = Path(out_dir)
+    written = []
+    for split in ("train", "test"):
+        path = out / f"{split}.jsonl"
+        write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in topic_rows(split, seed=seed)))
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m chattune.data.builtin_classify OUT_DIR")
+    for written_path in write_files(sys.argv[1]):
+        print(written_path)

@@ -1,0 +1,129 @@
+"""Named chat templates for tokenizers that have none or a wrong one, and `data.template` resolution.
+
+Each template is one small jinja string that is set on the tokenizer, so templates.py finds
+the assistant spans the same way as for a tokenizer's own template. `chatml`, `llama2`
+and `llama3` render exactly what Qwen2, Llama-2-chat and Llama-3-Instruct's published
+templates render (tests compare ids). It does not tokenize or read data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from chattune.data.templates import TemplateError
+
+
+@dataclass(frozen=True)
+class NamedTemplate:
+    jinja: str
+    end_of_turn: str | None  # text that ends an assistant turn (None: the tokenizer's EOS)
+    note: str
+
+
+_CHATML = (
+    "{% for m in messages %}"
+    "{% if loop.first and m.role != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_LLAMA3 = (
+    "{% for m in messages %}"
+    "{% if loop.first %}{{ bos_token }}{% endif %}"
+    "<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n{{ m.content | trim }}<|eot_id|>"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+# Llama-2-chat: the system prompt sits inside the first [INST] block; each answer ends with EOS.
+_LLAMA2 = (
+    "{% set system = messages[0].content if messages and messages[0].role == 'system' else none %}"
+    "{% for m in messages if m.role != 'system' %}"
+    "{% if m.role == 'user' %}"
+    "{% set text = m.content if not (loop.first and system is not none) "
+    "else '<<SYS>>\\n' ~ system ~ '\\n<</SYS>>\\n\\n' ~ m.content %}"
+    "{{ bos_token }}[INST] {{ text | trim }} [/INST]"
+    "{% else %} {{ m.content | trim }} {{ eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
+# Baichuan2-Chat marks turns with reserved tokens 195 (user) and 196 (assistant).
+_BAICHUAN2 = (
+    "{% for m in messages %}"
+    "{% if m.role == 'system' %}{{ m.content }}"
+    "{% elif m.role == 'user' %}<reserved_106>{{ m.content }}"
+    "{% else %}<reserved_107>{{ m.content }}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<reserved_107>{% endif %}"
+)
+
+# Seed 003 (OpenELM): BOS, prompt, <sep>, answer, EOS; no role markers.
+_PLAIN = (
+    "{{ bos_token }}"
+    "{% for m in messages %}"
+    "{% if m.role == 'system' %}{{ m.content }}\n\n"
+    "{% elif m.role == 'user' %}{{ m.content }}<sep>"
+    "{% else %}{{ m.content }}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
+# jinja here drops the first newline after a block tag (trim_blocks), hence {{ '\\n\\n' }}.
+_ALPACA = (
+    "{{ bos_token }}"
+    "{% if messages[0].role == 'system' %}{{ messages[0].content }}"
+    "{% else %}Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request."
+    "{% endif %}"
+    "{% for m in messages if m.role != 'system' %}"
+    "{% if m.role == 'user' %}{{ '\\n\\n' }}### Instruction:\n{{ m.content }}\n\n### Response:\n"
+    "{% else %}{{ m.content }}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
+NAMED_TEMPLATES: dict[str, NamedTemplate] = {
+    "chatml": NamedTemplate(_CHATML, "<|im_end|>", "Qwen1.5 / Qwen2 chat"),
+    "llama2": NamedTemplate(_LLAMA2, None, "Llama-2-chat [INST] blocks"),
+    "llama3": NamedTemplate(_LLAMA3, "<|eot_id|>", "Llama-3 Instruct headers"),
+    "baichuan2": NamedTemplate(_BAICHUAN2, None, "Baichuan2-Chat reserved role tokens"),
+    "plain": NamedTemplate(_PLAIN, None, "prompt<sep>answer</s> (seed 003, OpenELM)"),
+    "alpaca": NamedTemplate(_ALPACA, None, "### Instruction / ### Response, for base models"),
+}
+
+
+def use_template(tokenizer, spec: str = "auto") -> str:
+    """Set the chat template named by `data.template` on `tokenizer`; return a description.
+
+    "auto" keeps the tokenizer's own (an error if it has none). A named template whose
+    end-of-turn text is one token of this tokenizer makes that token the EOS, as the
+    models it mirrors do, so training and generation stop on it.
+    """
+    if spec == "auto":
+        if not getattr(tokenizer, "chat_template", None):
+            raise TemplateError(
+                "data.template: the tokenizer has no chat template; set data.template to one of "
+                f"{', '.join(NAMED_TEMPLATES)} or a .jinja file"
+            )
+        return "the tokenizer's own chat template"
+    if spec in NAMED_TEMPLATES:
+        named = NAMED_TEMPLATES[spec]
+        tokenizer.chat_template = named.jinja
+        if named.end_of_turn and _single_token_id(tokenizer, named.end_of_turn) is not None:
+            tokenizer.eos_token = named.end_of_turn
+        return f"named template {spec!r} ({named.note})"
+    path = Path(spec)
+    if path.suffix != ".jinja" or not path.is_file():
+        raise TemplateError(
+            f"data.template: {spec!r} is not 'auto', a named template ({', '.join(NAMED_TEMPLATES)}) "
+            "or an existing .jinja file"
+        )
+    tokenizer.chat_template = path.read_text(encoding="utf-8")
+    return f"jinja file {path}"
+
+
+def _single_token_id(tokenizer, text: str) -> int | None:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return ids[0] if len(ids) == 1 else None

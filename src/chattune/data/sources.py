@@ -1,0 +1,138 @@
+"""Read one data file or folder into (line, row) pairs: JSON, JSONL, CSV, Parquet, save_to_disk.
+
+Each row keeps the line (CSV, JSON, JSONL) or row number (Parquet, Arrow folders) it came
+from, so later errors can name file:line:field. Every problem is a DataError. It does not
+interpret rows; formats.py does.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+
+class DataError(ValueError):
+    """A data problem located at file:line:field."""
+
+    def __init__(self, where: str, message: str):
+        super().__init__(f"{where}: {message}")
+        self.where = where
+
+
+def read_rows(path: Path) -> list[tuple[int, Any]]:
+    """Return (line or row number, parsed row) pairs from any supported file or folder."""
+    if not path.exists():
+        raise DataError(str(path), "file not found")
+    if path.is_dir():
+        return _saved_dataset_rows(path)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return _parquet_rows(path)
+    text = _read_text(path)
+    if not text.strip():
+        raise DataError(str(path), "file is empty")
+    if suffix in (".csv", ".tsv"):
+        return _csv_rows(path, text, delimiter="\t" if suffix == ".tsv" else ",")
+    if suffix == ".jsonl" or not text.lstrip().startswith("["):
+        return _jsonl_rows(path, text)
+    return _json_array_rows(path, text)
+
+
+def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}", f"not UTF-8 (byte {raw[err.start]:#x}); re-save the file as UTF-8") from None
+
+
+def _jsonl_rows(path: Path, text: str) -> list[tuple[int, Any]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((number, json.loads(line)))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{number}", f"invalid JSON ({err.msg} at column {err.colno})") from None
+    return rows
+
+
+def _json_array_rows(path: Path, text: str) -> list[tuple[int, Any]]:
+    """Parse a JSON array element by element so each row keeps its line number."""
+    decoder = json.JSONDecoder()
+    pos = text.index("[") + 1
+    rows = []
+    while True:
+        pos = _skip_space(text, pos)
+        if pos < len(text) and text[pos] == "]":
+            return rows
+        try:
+            row, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{err.lineno}", f"invalid JSON ({err.msg} at column {err.colno})") from None
+        rows.append((text.count("\n", 0, pos) + 1, row))
+        pos = _skip_space(text, end)
+        if pos < len(text) and text[pos] == ",":
+            pos += 1
+        elif pos >= len(text) or text[pos] != "]":
+            line = text.count("\n", 0, pos) + 1
+            raise DataError(f"{path}:{line}", "invalid JSON (expected ',' or ']' between rows)")
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def _csv_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, Any]]:
+    """Rows keyed by the header; a row with a wrong cell count names its line."""
+    reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter, strict=True)
+    try:
+        header = next(reader)
+    except csv.Error as err:
+        raise DataError(f"{path}:1", f"invalid CSV header ({err})") from None
+    if len(set(header)) != len(header) or not all(h.strip() for h in header):
+        raise DataError(f"{path}:1", f"the header must name every column once, got {header}")
+    rows = []
+    line = reader.line_num + 1
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return rows
+        except csv.Error as err:
+            raise DataError(f"{path}:{line}", f"invalid CSV ({err})") from None
+        if cells:
+            if len(cells) != len(header):
+                raise DataError(f"{path}:{line}", f"{len(cells)} cells but the header has {len(header)} columns")
+            rows.append((line, dict(zip(header, cells, strict=True))))
+        line = reader.line_num + 1
+
+
+def _parquet_rows(path: Path) -> list[tuple[int, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several types for a corrupt file
+        raise DataError(str(path), f"cannot read Parquet ({err})") from None
+    return list(enumerate(table.to_pylist(), start=1))
+
+
+def _saved_dataset_rows(path: Path) -> list[tuple[int, Any]]:
+    """A folder written by `datasets.save_to_disk` (a Dataset, or a DatasetDict's train split)."""
+    if not ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        raise DataError(str(path), "is a folder but not one written by datasets.save_to_disk; give a file")
+    from datasets import DatasetDict, load_from_disk
+
+    dataset = load_from_disk(str(path))
+    if isinstance(dataset, DatasetDict):
+        if "train" not in dataset:
+            raise DataError(str(path), f"saved DatasetDict has no 'train' split (splits: {', '.join(dataset)})")
+        dataset = dataset["train"]
+    return list(enumerate(dataset.to_list(), start=1))

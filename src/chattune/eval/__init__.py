@@ -1,0 +1,1 @@
+"""Evaluation: pure metric functions, batched generation for scoring, and the eval runner."""

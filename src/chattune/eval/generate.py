@@ -1,0 +1,71 @@
+"""Batched greedy generation that also reports whether each answer ended on an end-of-turn token.
+
+Left padding and the KV cache, shortest prompts first; results come back in input order.
+Used by `chattune eval` and by in-training evaluation. infer/predict.py generates the same
+way for `chattune predict` but only returns text; stop_rate needs the tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chattune.data.templates import render
+
+
+@dataclass
+class Generated:
+    text: str
+    stopped: bool  # an end-of-turn token was produced within max_new_tokens
+
+
+def _with_system(messages: list[dict], system: str | None) -> list[dict]:
+    if system and (not messages or messages[0]["role"] != "system"):
+        return [{"role": "system", "content": system}, *messages]
+    return messages
+
+
+def generate_batch(model, tokenizer, prompts: list[list[dict]], stop_ids: set[int],
+                   max_new_tokens: int, system: str | None = None) -> list[Generated]:
+    """Greedy replies for one batch of conversations (each ending with a user turn)."""
+    import torch
+
+    texts = [render(tokenizer, _with_system(m, system), add_generation_prompt=True) for m in prompts]
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # generation appends on the right
+    try:
+        inputs = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    finally:
+        tokenizer.padding_side = old_side
+    inputs = inputs.to(model.device)
+    with torch.inference_mode():
+        out = model.generate(
+            **inputs, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+            eos_token_id=sorted(stop_ids), pad_token_id=tokenizer.pad_token_id,
+        )
+    new_tokens = out[:, inputs["input_ids"].shape[1]:].tolist()
+    decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return [Generated(text.strip(), any(t in stop_ids for t in ids)) for text, ids in zip(decoded, new_tokens, strict=True)]
+
+
+def generate_all(model, tokenizer, prompts: list[list[dict]], stop_ids: set[int], max_new_tokens: int,
+                 system: str | None = None, batch_size: int = 8, advance=None) -> list[Generated]:
+    """Replies in input order; batches formed shortest-prompt-first to limit padding."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    lengths = [len(render(tokenizer, _with_system(m, system), add_generation_prompt=True)) for m in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    results: list[Generated | None] = [None] * len(prompts)
+    was_training = getattr(model, "training", False)
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            batch = generate_batch(model, tokenizer, [prompts[i] for i in chunk], stop_ids, max_new_tokens, system)
+            for index, item in zip(chunk, batch, strict=True):
+                results[index] = item
+            if advance:
+                advance(len(chunk))
+    finally:
+        if was_training:
+            model.train()
+    return results  # type: ignore[return-value]

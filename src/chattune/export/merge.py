@@ -1,0 +1,122 @@
+"""Export a run dir: merge the LoRA adapter into its base, check fidelity, then write.
+
+Order of work: load base + adapter -> measure it on held-out prompts -> merge in place
+(`merge_and_unload`, as seed 001 does) -> measure the merged model -> refuse unless the
+gate passes (or --force) -> write a standard HF folder (or a GGUF file, gguf_writer.py)
+atomically. Nothing is written when the gate refuses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chattune import rundir
+from chattune.data.templates import stop_token_ids
+from chattune.export import fidelity
+
+HELD_OUT_LIMIT = 8  # prompts used by the gate
+REPORT = "export_report.json"
+
+
+class ExportError(ValueError):
+    """An export that cannot or must not be written."""
+
+
+@dataclass
+class LoadedRun:
+    run: rundir.RunDir
+    cfg: object
+    tokenizer: object
+    model: object  # PeftModel (base + adapter); a plain model after merge()
+    stop_ids: set[int] = field(default_factory=set)
+
+
+def is_quantized_run(cfg) -> bool:
+    """True for a QLoRA run (4/8-bit base); the config keys belong to the QLoRA issue."""
+    model_cfg = cfg.model
+    quant = getattr(model_cfg, "quantization", None) or getattr(model_cfg, "load_in_4bit", None)
+    return bool(quant) and quant not in ("none", "no")
+
+
+def load_run(run_path: str | Path) -> LoadedRun:
+    import torch
+    from peft import PeftModel
+
+    from chattune.model.load import load_base_model, open_tokenizer
+
+    run = rundir.open_run_dir(run_path)
+    cfg = run.config()
+    if is_quantized_run(cfg):
+        # The merge must go into the dequantized base (load 4-bit, dequantize each layer,
+        # add the LoRA delta in fp32). Not implemented until QLoRA training exists; merging
+        # into a freshly loaded fp32 base would silently differ from what was trained.
+        raise ExportError(f"{run.path}: exporting a QLoRA run (quantized base) is not supported yet")
+    tokenizer = open_tokenizer(str(run.tokenizer), trust_remote_code=cfg.model.trust_remote_code)
+    base = load_base_model(cfg.model, dtype=torch.float32, device="cpu")
+    model = PeftModel.from_pretrained(base, str(run.adapter))
+    model.eval()
+    stops = stop_token_ids(tokenizer, getattr(base, "generation_config", None))
+    return LoadedRun(run, cfg, tokenizer, model, stops)
+
+
+def held_out_conversations(cfg, console=None) -> tuple[list[list[dict]], str]:
+    """The run's eval data (re-derived from its config and seed) or the built-in prompt set."""
+    from chattune.data.dataset import load_splits
+    from chattune.data.formats import DataError
+
+    if cfg.data.eval_ratio > 0 or getattr(cfg.data, "eval_path", None):
+        try:
+            _, eval_convs = load_splits(cfg.data, cfg.seed)
+        except DataError as err:
+            eval_convs = []
+            if console:
+                console.print(f"[yellow]note[/]: eval data not readable ({err}); using built-in prompts")
+        if eval_convs:
+            where = getattr(cfg.data, "eval_path", None) or cfg.data.path
+            return [c.messages for c in eval_convs[:HELD_OUT_LIMIT]], f"the run's eval data ({where})"
+    convs = fidelity.builtin_conversations()
+    if cfg.data.system:
+        convs = [[{"role": "system", "content": cfg.data.system}, *c] for c in convs]
+    return convs, "built-in prompts"
+
+
+def merge(loaded: LoadedRun) -> None:
+    """Fold the adapter into the base weights in place (seed 001: merge_and_unload)."""
+    loaded.model = loaded.model.merge_and_unload()
+    loaded.model.eval()
+
+
+def generation_config_for(model, tokenizer, stop_ids: set[int]):
+    """The model's generation config with every end-of-turn id as EOS and a pad id."""
+    import copy
+
+    gen = copy.deepcopy(model.generation_config)
+    ids = sorted(stop_ids)
+    gen.eos_token_id = ids[0] if len(ids) == 1 else ids
+    gen.pad_token_id = tokenizer.pad_token_id
+    if tokenizer.bos_token_id is not None:
+        gen.bos_token_id = tokenizer.bos_token_id
+    return gen
+
+
+def training_tokenizer(loaded: LoadedRun):
+    """The run's tokenizer carrying the exact chat template used in training."""
+    template_file = loaded.run.path / rundir.TEMPLATE
+    if template_file.is_file() and template_file.read_text(encoding="utf-8").strip():
+        loaded.tokenizer.chat_template = template_file.read_text(encoding="utf-8")
+    return loaded.tokenizer
+
+
+def write_hf_folder(loaded: LoadedRun, out_dir: Path, report: dict) -> None:
+    """Save merged weights (safetensors), tokenizer, training chat template, generation config."""
+    model, tokenizer = loaded.model, training_tokenizer(loaded)
+    model.generation_config = generation_config_for(model, tokenizer, loaded.stop_ids)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / rundir.TEMPLATE).write_text(tokenizer.chat_template or "", encoding="utf-8")
+        rundir.write_json_atomic(tmp / REPORT, report)
+
+    rundir.save_dir_atomic(out_dir, write)

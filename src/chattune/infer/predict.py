@@ -1,0 +1,140 @@
+"""Batch predictions for a data file: one `prediction` per input row, written as JSONL.
+
+Rows are read with data/formats.py. A row's final assistant answer, if present, is the
+reference: it is kept in the output row but never shown to the model. Prompts are
+generated in batches with left padding and the KV cache, shortest-first to waste little
+padding, and returned in input order. This module does not score predictions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chattune import rundir
+from chattune.data.formats import DataError, RowSpec, check_conversation, read_rows, row_to_messages
+from chattune.data.templates import render
+from chattune.infer.chat import ChatModel, GenerationSettings
+
+
+@dataclass
+class PromptRow:
+    row: dict[str, Any]  # the input row, unchanged
+    messages: list[dict[str, str]]  # what the model sees: ends with a user turn
+    source: str  # "file:line"
+
+
+def prompt_messages(row: dict, where: str, spec: RowSpec | None = None) -> list[dict]:
+    """The conversation up to the last user turn; a trailing assistant answer is dropped."""
+    spec = spec or RowSpec()
+    answer_key = spec.response if spec.prompt else spec.columns.get("output", "output")
+    chat_shaped = "messages" in row or "conversations" in row
+    if answer_key and not chat_shaped and row.get(answer_key) is None:
+        row = {**row, answer_key: ""}  # no reference answer: a predict-only row
+    messages, fields = row_to_messages(row, where, spec)
+    if messages and messages[-1]["role"] == "assistant":
+        messages, fields = messages[:-1], fields[:-1]
+    # Validate roles by closing the prompt with a placeholder answer.
+    check_conversation([*messages, {"role": "assistant", "content": "-"}], where, [*fields, ""])
+    return messages
+
+
+def load_prompt_rows(path: str | Path, spec: RowSpec | None = None) -> list[PromptRow]:
+    """Read every row of `path`; fails on the first bad row with file:line:field."""
+    path = Path(path)
+    out = []
+    for line, row in read_rows(path):
+        where = f"{path}:{line}"
+        if not isinstance(row, dict):
+            raise DataError(where, f"each row must be a JSON object, got {type(row).__name__}")
+        out.append(PromptRow(row, prompt_messages(row, where, spec), where))
+    return out
+
+
+def generate_batch(chat: ChatModel, conversations: list[list[dict]], settings: GenerationSettings) -> list[str]:
+    """Replies for several conversations at once (left padding, KV cache)."""
+    import torch
+
+    tokenizer = chat.tokenizer
+    texts = [render(tokenizer, _with_system(chat, m), add_generation_prompt=True) for m in conversations]
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # generation appends on the right, so pad on the left
+    try:
+        inputs = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    finally:
+        tokenizer.padding_side = old_side
+    inputs = inputs.to(chat.model.device)
+    with torch.inference_mode():
+        out = chat.model.generate(
+            **inputs, **settings.kwargs(), use_cache=True,
+            eos_token_id=sorted(chat.stop_ids), pad_token_id=tokenizer.pad_token_id,
+        )
+    new_tokens = out[:, inputs["input_ids"].shape[1]:]
+    return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def _with_system(chat: ChatModel, messages: list[dict]) -> list[dict]:
+    if chat.system and (not messages or messages[0]["role"] != "system"):
+        return [{"role": "system", "content": chat.system}, *messages]
+    return messages
+
+
+def predict_all(chat: ChatModel, conversations: list[list[dict]], settings: GenerationSettings,
+                batch_size: int = 16, advance=None) -> list[str]:
+    """Replies in input order; batches are formed shortest-prompt-first to limit padding."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    lengths = [len(render(chat.tokenizer, _with_system(chat, m), add_generation_prompt=True)) for m in conversations]
+    order = sorted(range(len(conversations)), key=lambda i: lengths[i])
+    replies: list[str | None] = [None] * len(conversations)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        for index, reply in zip(chunk, generate_batch(chat, [conversations[i] for i in chunk], settings), strict=True):
+            replies[index] = reply
+        if advance:
+            advance(len(chunk))
+    return replies  # type: ignore[return-value]
+
+
+def write_predictions(path: str | Path, rows: list[PromptRow], predictions: list[str]) -> None:
+    lines = [json.dumps({**r.row, "prediction": p}, ensure_ascii=False) + "\n" for r, p in zip(rows, predictions, strict=True)]
+    rundir.write_text_atomic(Path(path), "".join(lines))
+    Path(path).chmod(0o644)  # the temp file behind the atomic write is created 0600
+
+
+def run_predict(target: str, data: str | Path, out: str | Path, settings: GenerationSettings,
+                batch_size: int = 16, device: str = "cpu", console=None) -> int:
+    """Read `data`, predict with `target` (run dir or model), write `out`; returns the row count."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    console = console or Console(stderr=True)
+    rows = load_prompt_rows(data, _row_spec(target))  # bad data fails before the model loads
+    if not rows:
+        raise DataError(str(data), "no rows to predict")
+    chat = ChatModel.load(target, device=device)
+    with Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console) as progress:
+        task = progress.add_task("predict", total=len(rows))
+        predictions = predict_all(chat, [r.messages for r in rows], settings, batch_size,
+                                  advance=lambda n: progress.advance(task, n))
+    write_predictions(out, rows, predictions)
+    console.print(f"[green]wrote[/] {len(rows)} predictions to {out}")
+    return len(rows)
+
+
+def _row_spec(target: str) -> RowSpec:
+    """A run dir reads rows as it was trained (format, columns, task prompt, system prompt)."""
+    if rundir.is_run_dir(target):
+        from chattune.data.dataset import row_spec
+
+        return row_spec(rundir.open_run_dir(target).config().data)
+    return RowSpec()

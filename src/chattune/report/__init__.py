@@ -1,0 +1,1 @@
+"""Reports over run dirs: a self-contained HTML report, a runs table, loss-curve comparison."""

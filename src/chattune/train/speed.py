@@ -1,0 +1,34 @@
+"""Speed settings of a run: base-weight dtype, the packed/padded collator, the loss path.
+
+Each lever here is measured in bench/README.md and has a config escape hatch
+(train.packing, train.skip_prompt_logits, train.base_dtype, train.compile).
+"""
+
+from __future__ import annotations
+
+from chattune.data.collate import make_collator
+
+
+def base_weight_dtype(train_cfg, precision: str):
+    """Frozen base weights in bf16 when training in bf16 (LoRA weights stay fp32 via peft)."""
+    import torch
+
+    choice = train_cfg.base_dtype
+    if choice == "auto":
+        choice = "bf16" if precision == "bf16" else "fp32"
+    return torch.bfloat16 if choice == "bf16" else torch.float32
+
+
+def collator_for(train_cfg, tokenizer, model):
+    """Packing also switches SDPA models to per-example attention (no dense [L, L] mask)."""
+    if train_cfg.packing:
+        from chattune.model.attention import use_packed_attention
+
+        use_packed_attention(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    return make_collator(train_cfg.packing, tokenizer.pad_token_id)
+
+
+def batch_tokens(inputs: dict) -> int:
+    """Real (non-pad) tokens in a batch: packed batches have no padding and no attention_mask."""
+    mask = inputs.get("attention_mask")
+    return int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())

@@ -1,0 +1,191 @@
+"""chattune eval and in-training evaluation on a tiny random Llama: files, generation, loss,
+early stopping and best-adapter selection (metric values scripted, selection logic real)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from chattune.config import load_config
+from chattune.eval.generate import generate_all, generate_batch
+from chattune.eval.runner import EVAL_SUMMARY, PREDICTIONS, heldout_loss, run_eval
+from chattune.train.evaluate import BestTracker, EvalLoop, snapshot_adapter
+
+ROWS = [
+    {"instruction": "Classify: the striker scored twice.", "output": "sports"},
+    {"instruction": "Classify: a faster chip was released today by the company.", "output": "technology"},
+    {"messages": [{"role": "user", "content": "用一句话介绍北京"}, {"role": "assistant", "content": "北京是中国的首都"}]},
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from chattune.data.templates import stop_token_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    return model, tokenizer, stop_token_ids(tokenizer)
+
+
+def test_eval_writes_predictions_and_summary(tiny_model_dir, write_jsonl, tmp_path):
+    data = write_jsonl(ROWS)
+    result = run_eval(str(tiny_model_dir), data, ["loss", "exact", "accuracy", "rouge", "stop_rate"],
+                      labels=["sports", "technology"], max_new_tokens=4, out=tmp_path / "ev")
+    summary = json.loads((tmp_path / "ev" / EVAL_SUMMARY).read_text())
+    records = [json.loads(line) for line in (tmp_path / "ev" / PREDICTIONS).read_text().splitlines()]
+    assert summary["rows"] == 3 and len(records) == 3
+    assert set(summary["metrics"]) == {"loss", "perplexity", "exact", "accuracy", "rouge", "stop_rate"}
+    assert summary["metrics"]["perplexity"] == pytest.approx(math.exp(summary["metrics"]["loss"]))
+    assert summary["metrics"]["stop_rate"] == pytest.approx(sum(r["stopped"] for r in records) / 3)
+    assert [r["reference"] for r in records] == ["sports", "technology", "北京是中国的首都"]
+    # a random model names no label: every unparseable row is listed by file:line and counted wrong
+    unparseable = [r["source"] for r in records if r["label"] is None]
+    assert summary["unparseable"] == unparseable
+    assert summary["metrics"]["accuracy"] == pytest.approx(sum(r["accuracy"] for r in records) / 3)
+    assert result.summary == summary
+
+
+def test_eval_without_reference_fails_before_loading_a_model(write_jsonl, tmp_path):
+    from chattune.data.formats import DataError
+
+    data = write_jsonl([{"instruction": "hi", "output": "hello"}, {"instruction": "no answer here"}])
+    with pytest.raises(DataError, match=r"data.jsonl:2: no reference answer"):
+        run_eval(str(tmp_path / "no-such-model"), data, ["exact"])
+    # stop_rate needs no reference: the same file passes the data check and then fails on the model
+    with pytest.raises(Exception, match="no-such-model"):
+        run_eval(str(tmp_path / "no-such-model"), data, ["stop_rate"])
+
+
+def test_heldout_loss_ignores_padding_and_matches_a_direct_forward(tiny):
+    model, tokenizer, stops = tiny
+    from chattune.data.templates import encode_conversation
+
+    convs = [[{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}]
+             for r in ROWS[:2]] + [ROWS[2]["messages"]]
+    batched = heldout_loss(model, tokenizer, convs, stops, batch_size=3)
+    total, count = 0.0, 0
+    for messages in convs:
+        enc = encode_conversation(tokenizer, messages, stops)
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([enc.input_ids]), labels=torch.tensor([enc.labels]))
+        n = sum(label != -100 for label in enc.labels[1:])
+        total, count = total + float(out.loss) * n, count + n
+    assert batched["trained_tokens"] == count
+    assert batched["loss"] == pytest.approx(total / count, rel=1e-4)
+
+
+def test_batched_generation_equals_one_by_one(tiny):
+    model, tokenizer, stops = tiny
+    prompts = [[{"role": "user", "content": text}] for text in ("Hi", "A much longer question about the weather today?", "法国的首都是哪里？")]
+    batched = generate_all(model, tokenizer, prompts, stops, max_new_tokens=6, batch_size=3)
+    single = generate_all(model, tokenizer, prompts, stops, max_new_tokens=6, batch_size=1)
+    assert [g.text for g in batched] == [g.text for g in single]
+
+
+class _ScriptedModel:
+    """Returns fixed token rows from generate(), to check how stops are read."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, new_rows):
+        self.new_rows = new_rows
+
+    def generate(self, input_ids, **kwargs):
+        return torch.cat([input_ids, torch.tensor(self.new_rows)], dim=1)
+
+
+def test_stopped_means_an_end_of_turn_token_was_generated(tokenizer):
+    from chattune.data.templates import stop_token_ids
+
+    stops = stop_token_ids(tokenizer)
+    eos, word = tokenizer.eos_token_id, tokenizer.encode("ok", add_special_tokens=False)[0]
+    pad = tokenizer.pad_token_id
+    model = _ScriptedModel([[word, eos, pad, pad], [word, word, word, word]])
+    prompts = [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]
+    out = generate_batch(model, tokenizer, prompts, stops, max_new_tokens=4)
+    assert [g.stopped for g in out] == [True, False]
+    assert out[0].text == "ok" and out[1].text == "okokokok"
+
+
+def test_best_tracker_direction():
+    lower = BestTracker(higher_is_better=False)
+    assert [lower.update(s, v) for s, v in [(1, 2.0), (2, 1.5), (3, 1.7)]] == [True, True, False]
+    assert (lower.best, lower.best_step, lower.since_best) == (1.5, 2, 1)
+    higher = BestTracker(higher_is_better=True)
+    assert [higher.update(s, v) for s, v in [(1, 0.2), (2, 0.1), (3, 0.2), (4, 0.3)]] == [True, False, False, True]
+
+
+def test_loss_metric_reads_the_trainers_eval_loss(tokenizer):
+    loop = EvalLoop("loss", tokenizer, [], set())
+    assert loop.measure(None, 3, {"eval_loss": 1.25}) == 1.25
+
+
+@pytest.mark.parametrize(("metric", "values"), [
+    ("accuracy", [0.2, 0.5, 0.4, 0.5, 0.9, 1.0]),  # higher is better; 0.5 again is no improvement
+    ("loss", [2.0, 1.0, 1.5, 1.2, 0.5, 0.4]),  # lower is better
+])
+def test_early_stopping_and_best_adapter(tiny_model_dir, tmp_path, monkeypatch, metric, values):
+    """Best at step 2, then two evaluations without improvement: stop at step 4 of 8 and keep step 2."""
+    from safetensors.torch import load_file
+
+    from chattune.train.trainer import train
+
+    snapshots = {}
+
+    def scripted(self, model, step, metrics):
+        snapshots[step] = snapshot_adapter(model)
+        return values[step - 1]
+
+    monkeypatch.setattr(EvalLoop, "measure", scripted)
+    cfg = load_config(None, [
+        f"model.name={tiny_model_dir}", f"run_dir={tmp_path / 'run'}", "data.size=12", "data.eval_ratio=0.25",
+        "train.max_steps=8", "train.batch_size=2", "train.grad_accum=1", "train.lr=5e-2", "train.precision=fp32",
+        "lora.dropout=0.0", "train.eval_every=1", f"train.metric={metric}", "train.patience=2",
+    ])
+    outcome = train(cfg)
+    best = outcome.summary["in_training_eval"]
+    assert outcome.summary["steps"] == 4, "early stopping must stop the run"
+    assert (best["best_step"], best["stopped_early_at"], best["evaluations"]) == (2, 4, 4)
+    assert best["best"] == values[1]
+    saved_best = load_file(str(outcome.run_dir / "adapter" / "adapter_model.safetensors"))
+    saved_last = load_file(str(outcome.run_dir / "last_adapter" / "adapter_model.safetensors"))
+    assert set(saved_best) == set(snapshots[2])
+    assert all(torch.equal(saved_best[k], snapshots[2][k]) for k in saved_best)
+    assert all(torch.equal(saved_last[k], snapshots[4][k]) for k in saved_last)
+    assert any(not torch.equal(snapshots[2][k], snapshots[4][k]) for k in saved_best), "weights must have moved"
+    in_memory = snapshot_adapter(outcome.model)
+    assert all(torch.equal(in_memory[k], snapshots[2][k]) for k in in_memory), "the returned model is the best one"
+    records = [json.loads(line) for line in (outcome.run_dir / "metrics.jsonl").read_text().splitlines()]
+    key = "eval_loss" if metric == "loss" else f"eval_{metric}"
+    assert [r["step"] for r in records if key in r] == [1, 2, 3, 4]
+    if metric != "loss":
+        assert [r[key] for r in records if key in r] == values[:4]
+
+
+def test_eval_loop_needs_eval_data(tiny_model_dir, tmp_path):
+    from chattune.config import ConfigError
+    from chattune.train.trainer import train
+
+    cfg = load_config(None, [f"model.name={tiny_model_dir}", f"run_dir={tmp_path / 'r'}", "train.metric=accuracy"])
+    with pytest.raises(ConfigError, match="data.eval_ratio"):
+        train(cfg)
+
+
+def test_builtin_topic_classify_is_deterministic_and_disjoint(tmp_path):
+    from chattune.data.builtin_classify import LABELS, topic_conversations, topic_rows, write_files
+    from chattune.data.dataset import load_source
+
+    train_rows, test_rows = topic_rows("train"), topic_rows("test")
+    assert (len(train_rows), len(test_rows)) == (350, 100)
+    assert topic_rows("train") == train_rows
+    assert not {r["instruction"] for r in train_rows} & {r["instruction"] for r in test_rows}
+    assert {r["output"] for r in test_rows} == set(LABELS)
+    cfg = load_config(None, ["data.path=builtin:topic-classify"])
+    convs = load_source(cfg.data, cfg.data.path, seed=123)  # the run seed does not move the split
+    assert [c.messages for c in convs] == [c.messages for c in topic_conversations()]
+    assert convs[0].messages[-1]["content"] in LABELS
+    train_file, test_file = write_files(tmp_path)
+    assert len(test_file.read_text().splitlines()) == 100 and train_file.is_file()

@@ -1,0 +1,218 @@
+"""Export on a tiny random Llama: merge fidelity, the gate refusing a broken merge, GGUF round trip."""
+
+import json
+
+import pytest
+import torch
+
+from chattune import rundir
+from chattune.cli import main
+from chattune.config import load_config
+
+
+@pytest.fixture(scope="module")
+def tiny_run(varied_tiny_model_dir, tmp_path_factory):
+    """A trained tiny run whose LoRA B weights are then made large, so the adapter matters."""
+    from safetensors.torch import load_file, save_file
+
+    from chattune.train.trainer import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = load_config(None, [
+        f"model.name={varied_tiny_model_dir}", f"run_dir={run_dir}", "name=tiny", "data.size=12",
+        "data.eval_ratio=0.25", "train.max_steps=1", "train.batch_size=2", "train.grad_accum=1",
+        "train.precision=fp32", "lora.dropout=0.0",
+    ])
+    train(cfg)
+    weights_file = run_dir / "adapter" / "adapter_model.safetensors"
+    weights = load_file(weights_file)
+    generator = torch.Generator().manual_seed(1)
+    for name, tensor in weights.items():
+        if "lora_B" in name:
+            weights[name] = torch.randn(tensor.shape, generator=generator) * 0.05
+    save_file(weights, weights_file)
+    return run_dir
+
+
+def _logits(model, ids):
+    with torch.inference_mode():
+        return model(input_ids=ids).logits
+
+
+def _base_and_adapter(run_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = rundir.open_run_dir(run_dir).config()
+    base = AutoModelForCausalLM.from_pretrained(cfg.model.name, dtype=torch.float32)
+    base_logits_of = lambda ids: _logits(base, ids)  # noqa: E731 - evaluated before wrapping
+    ids = torch.tensor([[1, 520, 1110, 3457, 28, 253, 5248, 2]])
+    base_logits = base_logits_of(ids)
+    model = PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()
+    return model, ids, base_logits
+
+
+def test_hf_export_matches_base_plus_adapter(tiny_run, tmp_path, tokenizer):
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    out = tmp_path / "merged"
+    assert main(["export", str(tiny_run), "--out", str(out)]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    reference, ids, base_logits = _base_and_adapter(tiny_run)
+    ref_logits = _logits(reference, ids)
+    assert (ref_logits - base_logits).abs().max() > 1e-2, "the adapter must change the outputs"
+    assert (_logits(merged, ids) - ref_logits).abs().max() <= 1e-4
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert (out / rundir.TEMPLATE).read_text() == (tiny_run / rundir.TEMPLATE).read_text()
+    gen = GenerationConfig.from_pretrained(out)
+    eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in eos
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["merged"]["passed"] and report["merged"]["max_logit_diff"] <= 1e-4
+    assert report["merged"]["greedy_agreement"] == 1.0
+    assert report["merged"]["source"].startswith("the run's eval data")
+
+
+def test_gate_refuses_corrupted_merge_and_writes_nothing(tiny_run, tmp_path, monkeypatch, capsys):
+    from chattune.export import merge as merge_module
+    from chattune.export import pipeline
+
+    def corrupted_merge(loaded):
+        merge_module.merge(loaded)
+        with torch.no_grad():
+            loaded.model.model.layers[0].mlp.down_proj.weight.add_(0.5)
+
+    monkeypatch.setattr(pipeline, "merge", corrupted_merge)
+    (tmp_path / "exports").mkdir()
+    out = tmp_path / "exports" / "broken"
+    assert main(["export", str(tiny_run), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "fidelity gate failed" in err and "max |logit diff|" in err
+    assert not out.exists()
+    assert not any((tmp_path / "exports").iterdir()), "no temporary folder may be left behind"
+    assert main(["export", str(tiny_run), "--out", str(out), "--force"]) == 0
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["forced"] is True and report["merged"]["passed"] is False
+
+
+def test_export_refuses_existing_output(tiny_run, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["export", str(tiny_run), "--out", str(out)]) == 2
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_qlora_runs_are_refused_not_faked(tiny_run, monkeypatch):
+    from types import SimpleNamespace
+
+    from chattune.export import merge as merge_module
+
+    assert merge_module.is_quantized_run(SimpleNamespace(model=SimpleNamespace(quantization="nf4")))
+    assert not merge_module.is_quantized_run(SimpleNamespace(model=SimpleNamespace()))
+    monkeypatch.setattr(merge_module, "is_quantized_run", lambda cfg: True)
+    with pytest.raises(merge_module.ExportError, match="QLoRA"):
+        merge_module.load_run(tiny_run)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+def test_gguf_round_trip_greedy_outputs_match(tiny_run, tmp_path, dtype):
+    from gguf import GGUFReader
+
+    from chattune.export.pipeline import export_run, gguf_filename, load_gguf
+
+    out = tmp_path / f"gguf-{dtype}"
+    reports = export_run(tiny_run, out, fmt="gguf", gguf_dtype=dtype)
+    gguf_report = reports[-1]
+    assert gguf_report.passed and gguf_report.greedy_agreement == 1.0
+    assert gguf_report.tokenizer_agreement == 1.0
+    if dtype == "f32":
+        assert gguf_report.max_logit_diff <= 1e-4
+    # Independently: the file, loaded back, generates what base + adapter generates.
+    model, gguf_tok = load_gguf(out, gguf_filename(dtype))
+    reference, _, _ = _base_and_adapter(tiny_run)
+    text = gguf_tok.apply_chat_template([{"role": "user", "content": "Who are you?"}], tokenize=False,
+                                        add_generation_prompt=True)
+    ids = torch.tensor([gguf_tok.encode(text, add_special_tokens=False)])
+    kwargs = {"max_new_tokens": 12, "do_sample": False, "attention_mask": torch.ones_like(ids), "pad_token_id": 2}
+    with torch.inference_mode():
+        generated = model.generate(ids, **kwargs)
+        assert torch.equal(generated, reference.generate(input_ids=ids, **kwargs))
+    assert len(set(generated[0, ids.shape[1]:].tolist())) > 3, "a non-degenerate continuation"
+    fields = GGUFReader(out / gguf_filename(dtype)).fields
+    assert fields["general.architecture"].contents() == "llama"
+    assert fields["tokenizer.chat_template"].contents() == (tiny_run / rundir.TEMPLATE).read_text()
+    assert fields["tokenizer.ggml.eos_token_id"].contents() == gguf_tok.eos_token_id
+    assert len(fields["tokenizer.ggml.tokens"].contents()) == model.config.vocab_size
+
+
+def test_gguf_of_tied_embeddings_has_no_output_tensor(tiny_model_dir, tmp_path):
+    """The shared tiny model ties lm_head to the embeddings, as SmolLM2 does."""
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from chattune.export.gguf_writer import write_gguf
+    from chattune.export.pipeline import load_gguf
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    assert model.config.tie_word_embeddings
+    write_gguf(model, AutoTokenizer.from_pretrained(tiny_model_dir), tmp_path / "tied.gguf", "f32")
+    names = {t.name for t in GGUFReader(tmp_path / "tied.gguf").tensors}
+    assert "token_embd.weight" in names and "output.weight" not in names
+    assert "blk.1.attn_q.weight" in names and "blk.1.ffn_gate.weight" in names
+    loaded, _ = load_gguf(tmp_path, "tied.gguf")
+    ids = torch.tensor([[1, 520, 1110, 3457, 28, 253, 5248, 2]])
+    assert (_logits(loaded, ids) - _logits(model, ids)).abs().max() <= 1e-4
+
+
+def test_held_out_prompts_fall_back_to_the_built_in_set():
+    from chattune.export.merge import held_out_conversations
+
+    cfg = load_config(None, ["data.eval_ratio=0", "data.system=Be brief."])
+    convs, source = held_out_conversations(cfg)
+    assert source == "built-in prompts" and len(convs) >= 4
+    assert all(c[0] == {"role": "system", "content": "Be brief."} and c[-1]["role"] == "user" for c in convs)
+    cfg = load_config(None, ["data.eval_ratio=0.25", "data.size=12"])
+    convs, source = held_out_conversations(cfg)
+    assert source.startswith("the run's eval data") and len(convs) == 3
+
+
+def test_gguf_writer_refuses_what_it_cannot_express(tokenizer):
+    from types import SimpleNamespace
+
+    from chattune.export.gguf_writer import GGUFExportError, check_supported
+
+    def model(**config):
+        return SimpleNamespace(config=SimpleNamespace(**{"model_type": "llama", **config}))
+
+    check_supported(model(), tokenizer)
+    with pytest.raises(GGUFExportError, match="Llama-architecture models only"):
+        check_supported(model(model_type="qwen2"), tokenizer)
+    with pytest.raises(GGUFExportError, match="rope type 'llama3'"):
+        check_supported(model(rope_parameters={"rope_type": "llama3"}), tokenizer)
+    with pytest.raises(GGUFExportError, match="biases"):
+        check_supported(model(attention_bias=True), tokenizer)
+
+
+@pytest.mark.slow
+def test_gguf_tensors_match_llama_cpp_own_conversion_of_the_builtin_model():
+    """The built-in model's HF weights are the dequantized tensors of a GGUF made by llama.cpp's
+    converter; written back by chattune they must land under the same names, bit for bit."""
+    import numpy as np
+    from gguf import GGUFReader, dequantize
+    from transformers import AutoModelForCausalLM
+
+    from chattune.export.gguf_writer import _tensors
+    from chattune.models import builtin_gguf_path, resolve_model
+
+    reference = GGUFReader(builtin_gguf_path("smollm2-135m-instruct"))
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:smollm2-135m-instruct"), dtype=torch.float32)
+    ours = dict(_tensors(model, "f32"))
+    assert {t.name for t in reference.tensors} == set(ours)
+    # q/k rows are permuted for llama.cpp's rotary layout; v and the MLP are not.
+    checked = [t for t in reference.tensors if t.name.startswith("blk.29.") and t.name.split(".")[2] in
+               ("attn_q", "attn_k", "attn_v", "ffn_down")]
+    assert len(checked) == 4
+    for tensor in checked:
+        expected = dequantize(tensor.data, tensor.tensor_type).reshape(ours[tensor.name].shape)
+        assert np.array_equal(expected, ours[tensor.name]), tensor.name
