@@ -106,3 +106,23 @@ def test_training_with_swanlab_logs_expected_keys(tiny_model_dir, tmp_path, no_n
     # without or with a tracker, the run dir still has its own metrics and plot
     assert (outcome.run_dir / "metrics.jsonl").is_file() and (outcome.run_dir / "loss.png").is_file()
     assert [r["step"] for r in logged if "loss" in r] == [1, 2]
+
+
+def test_training_with_tensorboard_writes_events(tiny_model_dir, tmp_path, no_network):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from chattune.train.trainer import train
+
+    cfg = load_config(None, [
+        f"model.name={tiny_model_dir}", f"run_dir={tmp_path / 'run'}", "data.size=8",
+        "train.max_steps=2", "train.batch_size=2", "train.grad_accum=1", "train.precision=fp32",
+        "train.tracking=tensorboard",
+    ])
+    outcome = train(cfg)
+    log_dir = outcome.run_dir / "tensorboard"
+    assert list(log_dir.glob("events.out.tfevents.*")), "an event file inside the run dir"
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    losses = events.Scalars("train/loss")
+    assert [e.step for e in losses] == [1, 2]
+    assert all(e.value > 0 for e in losses)
