@@ -86,6 +86,7 @@ def ensure_builtin(key: str) -> Path:
     try:
         _convert_gguf(gguf_path, tmp)
         _write_marker(tmp, gguf_path)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; the cache may be shared
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
