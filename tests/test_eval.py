@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from chattune.config import load_config
-from chattune.eval.generate import generate_all, generate_batch
 from chattune.eval.runner import EVAL_SUMMARY, PREDICTIONS, heldout_loss, run_eval
+from chattune.model.generate import generate_all, generate_batch
 from chattune.train.evaluate import BestTracker, EvalLoop, snapshot_adapter
 
 ROWS = [

@@ -2,7 +2,7 @@
 
 import pytest
 
-from chattune.eval.metrics import (
+from chattune.metrics import (
     accuracy,
     default_labels,
     exact_match,

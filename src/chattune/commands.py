@@ -121,8 +121,8 @@ HANDLERS["data"] = cmd_data
 
 def cmd_eval(args: Namespace) -> int:
     from chattune.config import ConfigError
-    from chattune.eval.metrics import parse_metric_list
     from chattune.eval.runner import print_summary, run_eval
+    from chattune.metrics import parse_metric_list
     from chattune.model.load import pick_device
 
     try:

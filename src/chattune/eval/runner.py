@@ -16,8 +16,8 @@ from pathlib import Path
 
 from chattune import rundir
 from chattune.data.formats import DataError, RowSpec, row_to_messages
-from chattune.eval.metrics import GENERATION_METRICS, Score, default_labels, score_generation
 from chattune.infer.predict import load_prompt_rows
+from chattune.metrics import GENERATION_METRICS, Score, default_labels, score_generation
 
 EVAL_DIR = "eval"
 PREDICTIONS = "predictions.jsonl"
@@ -116,7 +116,7 @@ def score_rows(rows: list[EvalRow], generated, metrics: list[str], labels: list[
 
 
 def prediction_records(rows: list[EvalRow], generated, scores: dict[str, Score], labels) -> list[dict]:
-    from chattune.eval.metrics import parse_label
+    from chattune.metrics import parse_label
 
     records = []
     for i, (row, gen) in enumerate(zip(rows, generated, strict=True)):
@@ -147,8 +147,8 @@ def run_eval(target: str, data: str | Path, metrics: list[str], labels: list[str
     """Evaluate `target` (run dir or model) on `data`; write and return the results."""
     from rich.console import Console
 
-    from chattune.eval.generate import generate_all
     from chattune.infer.chat import ChatModel
+    from chattune.model.generate import generate_all
 
     console = console or Console(stderr=True)
     need_reference = any(m != "stop_rate" for m in metrics)

@@ -15,8 +15,8 @@ from typing import Any
 
 from chattune import rundir
 from chattune.data.formats import DataError, RowSpec, check_conversation, read_rows, row_to_messages
-from chattune.data.templates import render
 from chattune.infer.chat import ChatModel, GenerationSettings
+from chattune.model import generate as batched
 
 
 @dataclass
@@ -55,47 +55,20 @@ def load_prompt_rows(path: str | Path, spec: RowSpec | None = None) -> list[Prom
 
 def generate_batch(chat: ChatModel, conversations: list[list[dict]], settings: GenerationSettings) -> list[str]:
     """Replies for several conversations at once (left padding, KV cache)."""
-    import torch
-
-    tokenizer = chat.tokenizer
-    texts = [render(tokenizer, _with_system(chat, m), add_generation_prompt=True) for m in conversations]
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation appends on the right, so pad on the left
-    try:
-        inputs = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
-    finally:
-        tokenizer.padding_side = old_side
-    inputs = inputs.to(chat.model.device)
-    with torch.inference_mode():
-        out = chat.model.generate(
-            **inputs, **settings.kwargs(), use_cache=True,
-            eos_token_id=sorted(chat.stop_ids), pad_token_id=tokenizer.pad_token_id,
-        )
-    new_tokens = out[:, inputs["input_ids"].shape[1]:]
-    return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-
-
-def _with_system(chat: ChatModel, messages: list[dict]) -> list[dict]:
-    if chat.system and (not messages or messages[0]["role"] != "system"):
-        return [{"role": "system", "content": chat.system}, *messages]
-    return messages
+    return [g.text for g in batched.generate_batch(
+        chat.model, chat.tokenizer, conversations, chat.stop_ids, settings.max_new_tokens, chat.system,
+        settings.kwargs(),
+    )]
 
 
 def predict_all(chat: ChatModel, conversations: list[list[dict]], settings: GenerationSettings,
                 batch_size: int = 16, advance=None) -> list[str]:
     """Replies in input order; batches are formed shortest-prompt-first to limit padding."""
-    if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    lengths = [len(render(chat.tokenizer, _with_system(chat, m), add_generation_prompt=True)) for m in conversations]
-    order = sorted(range(len(conversations)), key=lambda i: lengths[i])
-    replies: list[str | None] = [None] * len(conversations)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        for index, reply in zip(chunk, generate_batch(chat, [conversations[i] for i in chunk], settings), strict=True):
-            replies[index] = reply
-        if advance:
-            advance(len(chunk))
-    return replies  # type: ignore[return-value]
+    generated = batched.generate_all(
+        chat.model, chat.tokenizer, conversations, chat.stop_ids, settings.max_new_tokens, chat.system,
+        batch_size=batch_size, advance=advance, sampling=settings.kwargs(),
+    )
+    return [g.text for g in generated]
 
 
 def write_predictions(path: str | Path, rows: list[PromptRow], predictions: list[str]) -> None:

@@ -14,7 +14,7 @@ from html import escape
 from pathlib import Path
 
 from chattune import rundir
-from chattune.eval.metrics import normalize
+from chattune.metrics import normalize
 from chattune.report.plots import run_curves_png
 from chattune.report.runinfo import RunInfo, read_run
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainerCallback
 
-from chattune.eval.metrics import HIGHER_IS_BETTER, score_generation
+from chattune.metrics import HIGHER_IS_BETTER, score_generation
 
 
 @dataclass
@@ -73,7 +73,7 @@ class EvalLoop(TrainerCallback):
         """The metric's value now: the Trainer's eval loss, or a generation metric on the samples."""
         if self.metric == "loss":
             return float(metrics["eval_loss"])
-        from chattune.eval.generate import generate_all
+        from chattune.model.generate import generate_all
 
         generated = generate_all(model, self.tokenizer, [s.prompt for s in self.samples], self.stop_ids,
                                  self.max_new_tokens, batch_size=8)

@@ -73,7 +73,7 @@ class Monitoring:
 
 def build_monitoring(cfg, run_path: Path, tokenizer, eval_conversations, metrics_logger) -> Monitoring:
     from chattune.data.templates import stop_token_ids
-    from chattune.eval.metrics import default_labels
+    from chattune.metrics import default_labels
     from chattune.train.evaluate import EvalLoop, eval_samples
     from chattune.train.tracking import build_trackers
 

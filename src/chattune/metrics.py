@@ -3,7 +3,8 @@
 Metrics: exact (normalised exact match), accuracy (classification: the one allowed label an
 answer names; answers naming none or several are unparseable and count as wrong), rouge
 (ROUGE-L F1; CJK characters are scored one per token, other text per word) and stop_rate
-(share of answers that ended on an end-of-turn token). Held-out loss needs a model; see runner.py.
+(share of answers that ended on an end-of-turn token). Held-out loss needs a model; see eval/runner.py. Lives at the top level
+because training (in-loop eval), eval and report all score with it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Batched greedy generation that also reports whether each answer ended on an end-of-turn token.
+"""Batched generation that also reports whether each answer ended on an end-of-turn token.
 
 Left padding and the KV cache, shortest prompts first; results come back in input order.
-Used by `chattune eval` and by in-training evaluation. infer/predict.py generates the same
-way for `chattune predict` but only returns text; stop_rate needs the tokens.
+The one generation loop behind `chattune predict`, `chattune eval` and in-training evaluation
+(it lives in the model stage so training may use it). Greedy unless `sampling` says otherwise.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def _with_system(messages: list[dict], system: str | None) -> list[dict]:
 
 
 def generate_batch(model, tokenizer, prompts: list[list[dict]], stop_ids: set[int],
-                   max_new_tokens: int, system: str | None = None) -> list[Generated]:
-    """Greedy replies for one batch of conversations (each ending with a user turn)."""
+                   max_new_tokens: int, system: str | None = None, sampling: dict | None = None) -> list[Generated]:
+    """Replies for one batch of conversations (each ending with a user turn); greedy by default."""
     import torch
 
     texts = [render(tokenizer, _with_system(m, system), add_generation_prompt=True) for m in prompts]
@@ -37,9 +37,10 @@ def generate_batch(model, tokenizer, prompts: list[list[dict]], stop_ids: set[in
     finally:
         tokenizer.padding_side = old_side
     inputs = inputs.to(model.device)
+    options = {"max_new_tokens": max_new_tokens, "do_sample": False, **(sampling or {})}
     with torch.inference_mode():
         out = model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+            **inputs, **options, use_cache=True,
             eos_token_id=sorted(stop_ids), pad_token_id=tokenizer.pad_token_id,
         )
     new_tokens = out[:, inputs["input_ids"].shape[1]:].tolist()
@@ -48,7 +49,8 @@ def generate_batch(model, tokenizer, prompts: list[list[dict]], stop_ids: set[in
 
 
 def generate_all(model, tokenizer, prompts: list[list[dict]], stop_ids: set[int], max_new_tokens: int,
-                 system: str | None = None, batch_size: int = 8, advance=None) -> list[Generated]:
+                 system: str | None = None, batch_size: int = 8, advance=None,
+                 sampling: dict | None = None) -> list[Generated]:
     """Replies in input order; batches formed shortest-prompt-first to limit padding."""
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -60,7 +62,8 @@ def generate_all(model, tokenizer, prompts: list[list[dict]], stop_ids: set[int]
     try:
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            batch = generate_batch(model, tokenizer, [prompts[i] for i in chunk], stop_ids, max_new_tokens, system)
+            batch = generate_batch(model, tokenizer, [prompts[i] for i in chunk], stop_ids, max_new_tokens,
+                                   system, sampling)
             for index, item in zip(chunk, batch, strict=True):
                 results[index] = item
             if advance:
