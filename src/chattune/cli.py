@@ -34,6 +34,13 @@ def config_reference() -> str:
     return "\n".join(lines)
 
 
+def _add_config_args(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """CONFIG [key=value ...], shared by every command that reads a run config."""
+    help_text = f"YAML config (default: {default or 'built-in defaults'})"
+    parser.add_argument("config", nargs="?", default=default, help=help_text)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+
+
 def _add_generation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256, help="longest reply in tokens (default 256)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default), >0 samples")
@@ -58,8 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.epilog = config_reference()
     train.formatter_class = argparse.RawDescriptionHelpFormatter
-    train.add_argument("config", nargs="?", help="YAML config (default: built-in defaults)")
-    train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    _add_config_args(train)
 
     chat = sub.add_parser(
         "chat", help="chat with a run dir or a base model",
@@ -76,8 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune the built-in model on builtin:self-cognition, then print the base "
         "and the fine-tuned model's answers to held-out identity questions side by side.",
     )
-    demo.add_argument("config", nargs="?", default="configs/demo.yaml", help="default: configs/demo.yaml")
-    demo.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    _add_config_args(demo, default="configs/demo.yaml")
 
     config = sub.add_parser(
         "config", help="print the fully resolved config (defaults + file + overrides)",
@@ -85,8 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "save it in the run dir. Unknown keys and bad values are reported with what is allowed.",
         epilog=config_reference(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    config.add_argument("config", nargs="?", help="YAML config (default: built-in defaults)")
-    config.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    _add_config_args(config)
     _add_export_parser(sub)
     _add_predict_parser(sub)
     _add_data_parser(sub)
@@ -121,8 +125,7 @@ def _add_data_parser(sub) -> None:
         "with reasons, lint errors (file:line:field) and warnings, and N examples with trained tokens "
         "coloured. Exit code 1 if there are errors (chattune train would refuse to start).",
     )
-    inspect.add_argument("config", nargs="?", help="YAML config (default: built-in defaults)")
-    inspect.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    _add_config_args(inspect)
     inspect.add_argument("--n", type=int, default=3, help="examples to render (default 3)")
 
 
