@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from bench.predict_speed import seed_002_predict  # the reference loop the benchmark times
 
 from chattune.cli import main
 
@@ -20,15 +21,6 @@ ROWS = [
     ]},
     {"id": 5, "instruction": "2+2?", "output": "4"},
 ]
-
-
-def seed_002_predict(messages, model, tokenizer, max_new_tokens):
-    """Seed 002's predict(), verbatim but for max_new_tokens (512 there) and the CPU device."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    model_inputs = tokenizer([text], return_tensors="pt").to("cpu")
-    generated_ids = model.generate(model_inputs.input_ids, max_new_tokens=max_new_tokens)
-    generated_ids = [output_ids[len(input_ids):] for input_ids, output_ids in zip(model_inputs.input_ids, generated_ids, strict=True)]
-    return tokenizer.batch_decode(generated_ids, skip_special_tokens=True)[0]
 
 
 @pytest.fixture(scope="module")
