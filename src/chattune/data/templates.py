@@ -44,6 +44,13 @@ def stop_token_ids(tokenizer, generation_config=None) -> set[int]:
     return ids
 
 
+def with_system(messages: list[dict], system: str | None) -> list[dict]:
+    """Prepend `system` unless the conversation already starts with a system message."""
+    if system and (not messages or messages[0]["role"] != "system"):
+        return [{"role": "system", "content": system}, *messages]
+    return messages
+
+
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise TemplateError(

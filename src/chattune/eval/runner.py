@@ -16,6 +16,7 @@ from pathlib import Path
 
 from chattune import rundir
 from chattune.data.formats import DataError, RowSpec, row_to_messages
+from chattune.data.templates import with_system
 from chattune.infer.predict import load_prompt_rows
 from chattune.metrics import GENERATION_METRICS, Score, default_labels, score_generation
 
@@ -84,12 +85,6 @@ def heldout_loss(model, tokenizer, conversations: list[list[dict]], stop_ids: se
             count += n
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "trained_tokens": count}
-
-
-def _with_system(messages: list[dict], system: str | None) -> list[dict]:
-    if system and messages[0]["role"] != "system":
-        return [{"role": "system", "content": system}, *messages]
-    return messages
 
 
 def default_out_dir(target: str, data: str | Path) -> Path:
@@ -164,7 +159,7 @@ def run_eval(target: str, data: str | Path, metrics: list[str], labels: list[str
     values = {name: score.value for name, score in scores.items()}
     extra = {}
     if "loss" in metrics:
-        convs = [_with_system([*r.prompt, {"role": "assistant", "content": r.reference}], chat.system) for r in rows]
+        convs = [with_system([*r.prompt, {"role": "assistant", "content": r.reference}], chat.system) for r in rows]
         extra = heldout_loss(chat.model, chat.tokenizer, convs, chat.stop_ids, batch_size)
         values["loss"], values["perplexity"] = extra["loss"], extra["perplexity"]
     summary = {

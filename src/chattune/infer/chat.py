@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from chattune import rundir
 from chattune.config import ModelConfig
-from chattune.data.templates import render, stop_token_ids
+from chattune.data.templates import render, stop_token_ids, with_system
 
 
 @dataclass
@@ -61,9 +61,7 @@ class ChatModel:
         return cls(model, tokenizer, system, stops)
 
     def prompt_ids(self, messages: list[dict]):
-        if self.system and (not messages or messages[0]["role"] != "system"):
-            messages = [{"role": "system", "content": self.system}, *messages]
-        text = render(self.tokenizer, messages, add_generation_prompt=True)
+        text = render(self.tokenizer, with_system(messages, self.system), add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")
 
     def _generate_kwargs(self, messages, settings: GenerationSettings) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chattune.data.templates import render
+from chattune.data.templates import render, with_system
 
 
 @dataclass
@@ -18,18 +18,12 @@ class Generated:
     stopped: bool  # an end-of-turn token was produced within max_new_tokens
 
 
-def _with_system(messages: list[dict], system: str | None) -> list[dict]:
-    if system and (not messages or messages[0]["role"] != "system"):
-        return [{"role": "system", "content": system}, *messages]
-    return messages
-
-
 def generate_batch(model, tokenizer, prompts: list[list[dict]], stop_ids: set[int],
                    max_new_tokens: int, system: str | None = None, sampling: dict | None = None) -> list[Generated]:
     """Replies for one batch of conversations (each ending with a user turn); greedy by default."""
     import torch
 
-    texts = [render(tokenizer, _with_system(m, system), add_generation_prompt=True) for m in prompts]
+    texts = [render(tokenizer, with_system(m, system), add_generation_prompt=True) for m in prompts]
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation appends on the right
     try:
@@ -54,7 +48,7 @@ def generate_all(model, tokenizer, prompts: list[list[dict]], stop_ids: set[int]
     """Replies in input order; batches formed shortest-prompt-first to limit padding."""
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    lengths = [len(render(tokenizer, _with_system(m, system), add_generation_prompt=True)) for m in prompts]
+    lengths = [len(render(tokenizer, with_system(m, system), add_generation_prompt=True)) for m in prompts]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     results: list[Generated | None] = [None] * len(prompts)
     was_training = getattr(model, "training", False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from chattune.data.templates import render
+from chattune.data.templates import render, with_system
 
 ROLES = {"system", "user", "assistant"}
 _MARK = re.compile("\ue000(\\d+)\ue001")
@@ -28,7 +28,7 @@ class PromptError(ValueError):
 
 def prompt_ids(tokenizer, messages: list[dict], system: str | None = None) -> list[int]:
     """Ids of the conversation followed by the template's assistant header."""
-    messages = _with_system(_checked(messages), system)
+    messages = with_system(_checked(messages), system)
     specials = _special_texts(tokenizer)
     if not any(s in m["content"] for m in messages for s in specials):
         text = render(tokenizer, messages, add_generation_prompt=True)
@@ -49,12 +49,6 @@ def _checked(messages: list[dict]) -> list[dict]:
             )
         out.append({"role": role, "content": message["content"]})
     return out
-
-
-def _with_system(messages: list[dict], system: str | None) -> list[dict]:
-    if system and messages[0]["role"] != "system":
-        return [{"role": "system", "content": system}, *messages]
-    return messages
 
 
 def _special_texts(tokenizer) -> list[str]:
