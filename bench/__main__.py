@@ -5,6 +5,8 @@ epoch, so the same trained tokens) with LoRA r 8 on the same seven projections; 
 RSS is read from the child's rusage. Prints a table with ratios vs the recipe and writes
 bench/results/<date>.json and .png. `--seeds 3` repeats recipe and chattune for the spread
 of the held-out loss. Runs bench/predict_speed.py too when it exists.
+`python -m bench serve-load [--seconds 60 --clients 50 ...]` load-tests `chattune serve`
+instead (bench/serve_load.py).
 """
 
 from __future__ import annotations
@@ -107,7 +109,13 @@ def predict_speed(work: Path) -> dict | None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve-load"]:
+        from bench import serve_load
+
+        return serve_load.main(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
+                                     epilog="python -m bench serve-load --help: the server load test")
     parser.add_argument("--train-examples", type=int, default=128, help="huanhuan rows trained on, one epoch")
     parser.add_argument("--eval-examples", type=int, default=48, help="held-out huanhuan rows scored")
     parser.add_argument("--seeds", type=int, default=1, help="repeat recipe and chattune over this many seeds")

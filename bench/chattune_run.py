@@ -1,11 +1,11 @@
-"""Contender (c): `chattune train` with its defaults; only data, epochs and seed are set."""
+"""Contender (c): `chattune train` with its defaults; only data, epochs, seed and the shared LoRA r/alpha/targets are set."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from bench.common import LORA_ALPHA, LORA_DROPOUT, LORA_R, MODEL, SYSTEM, TARGETS
+from bench.common import LORA_ALPHA, LORA_R, MODEL, SYSTEM, TARGETS
 
 
 def run(model_path: str, train_rows: list[dict], out_dir: str, seed: int, overrides=()) -> dict:
@@ -19,7 +19,7 @@ def run(model_path: str, train_rows: list[dict], out_dir: str, seed: int, overri
     data.write_text(json.dumps(train_rows, ensure_ascii=False), encoding="utf-8")
     cfg = load_config(None, [
         f"model.name={MODEL}", f"data.path={data}", f"data.system={SYSTEM}", f"run_dir={Path(out_dir) / 'run'}",
-        f"lora.r={LORA_R}", f"lora.alpha={LORA_ALPHA}", f"lora.dropout={LORA_DROPOUT}",
+        f"lora.r={LORA_R}", f"lora.alpha={LORA_ALPHA}",
         f"lora.targets={json.dumps(TARGETS)}", "train.epochs=1", f"seed={seed}", *overrides,
     ])
     outcome = train(cfg, console=Console(stderr=True, quiet=True))

@@ -76,3 +76,22 @@ def test_modelscope_needs_its_extra():
         pytest.fail("modelscope is installed in the test venv; this test checks the message without it")
     with pytest.raises(ModelSourceError, match=r"chattune\[modelscope\]"):
         resolve_model("modelscope:qwen/Qwen2-0.5B-Instruct")
+
+
+def test_leftovers_of_a_killed_conversion_are_removed_and_it_is_redone(fake_convert):
+    import os
+    import time
+
+    calls, _ = fake_convert
+    parent = builtin_cache_dir(KEY).parent
+    parent.mkdir(parents=True)
+    killed = parent / f".{KEY}-killed"  # kill -9 mid-conversion: no except clause ran
+    killed.mkdir()
+    (killed / "model.safetensors").write_text("half written")
+    long_ago = time.time() - models.STALE_SECONDS - 60
+    os.utime(killed, (long_ago, long_ago))
+    running = parent / f".{KEY}-running"  # another process converting right now
+    running.mkdir()
+    path = ensure_builtin(KEY)
+    assert (path / "chattune-converted.json").is_file() and len(calls) == 1
+    assert not killed.exists() and running.exists()

@@ -155,3 +155,36 @@ def test_training_defaults_match_padded_standard_loss(tiny_model_dir, tmp_path):
     assert abs(fast - plain) < 1e-4
     assert fast_summary["trained_tokens"] == plain_summary["trained_tokens"] > 0
     assert fast_summary["tokens"] == plain_summary["tokens"], "packed batches hold exactly the real tokens"
+
+
+def test_lora_computes_in_autocast_dtype_without_changing_the_result(tiny_model_dir):
+    """Under bf16 autocast the LoRA layers skip peft's fp32 input copy: same output, fp32 grads."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from chattune.train.speed import lora_in_autocast_dtype
+
+    def build():
+        torch.manual_seed(0)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"]))
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.5)  # B starts at zero: make the adapter matter
+        return model
+
+    ids = torch.arange(3, 40).unsqueeze(0)
+    results = []
+    for switch in (False, True):
+        model = build()
+        if switch:
+            assert lora_in_autocast_dtype(model, "fp32") == 0
+            assert lora_in_autocast_dtype(model, "bf16") == 4  # 2 targets x 2 layers
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        grad = next(p.grad for n, p in model.named_parameters() if "lora_A" in n)
+        assert grad.dtype == torch.float32 and grad.abs().sum() > 0
+        results.append((loss.item(), grad))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-2)
+    assert torch.allclose(results[0][1], results[1][1], rtol=0.1, atol=1e-3)

@@ -240,12 +240,12 @@ def test_special_token_text_in_user_content_stays_text(tokenizer):
     text = tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=True)
     assert plain_ids == tokenizer(text, add_special_tokens=False)["input_ids"]
     # The segment path agrees with the plain path on harmless text.
-    from chattune.serve.prompt import _ids_by_segments
+    from chattune.data.templates import ids_by_segments
 
     multi = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there!"},
              {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Who are you?"}]
     text = tokenizer.apply_chat_template(multi, tokenize=False, add_generation_prompt=True)
-    assert _ids_by_segments(tokenizer, multi) == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert ids_by_segments(tokenizer, multi) == tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def test_page_is_served_without_cdn(server):

@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.epilog = config_reference()
     train.formatter_class = argparse.RawDescriptionHelpFormatter
     _add_config_args(train)
+    train.add_argument("--nproc", type=int, default=None, metavar="N",
+                       help="train as N data-parallel processes on this machine, started by torchrun "
+                       "(gloo on CPU, nccl on GPUs); for several machines call torchrun yourself (README)")
+    train.add_argument("--resume", metavar="auto|PATH",
+                       help="continue a run from its newest complete checkpoint: 'auto' (the run dir given by "
+                       "run_dir=...; starts it when it has none yet) or a checkpoint / run dir path")
 
     chat = sub.add_parser(
         "chat", help="chat with a run dir or a base model",
@@ -196,6 +202,7 @@ def _add_eval_parsers(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` re-runs these under torchrun
     if args.version:
         from chattune import __version__
 

@@ -27,7 +27,12 @@ def run_command(args: Namespace) -> int:
     try:
         return handler(args) or 0
     except _user_errors() as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        from chattune.train.distributed import is_main
+
+        if is_main():  # under torchrun every rank fails alike; say it once
+            from rich.markup import escape  # "[question, answer]" in a message is text, not markup
+
+            Console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
         return 2
 
 
@@ -38,13 +43,57 @@ def cmd_config(args: Namespace) -> int:
     return 0
 
 
+def _config_and_overrides(args: Namespace) -> tuple[str | None, list[str]]:
+    """`chattune train key=value ...` without a CONFIG: the first override is not a file name."""
+    import os
+
+    if args.config and "=" in args.config and not os.path.exists(args.config):
+        return None, [args.config, *args.overrides]
+    return args.config, list(args.overrides)
+
+
 def cmd_train(args: Namespace) -> int:
     from chattune.config import load_config
     from chattune.train.trainer import train
 
-    cfg = load_config(args.config, args.overrides)
-    train(cfg)
+    cfg = load_config(*_config_and_overrides(args))
+    if getattr(args, "nproc", None) is not None:
+        from chattune.config import ConfigError
+        from chattune.model.load import pick_device
+        from chattune.train import distributed
+        from chattune.train.monitor import wants_eval_loop
+
+        if args.nproc < 1:
+            raise ConfigError("--nproc must be at least 1")
+        # fail here, not in N processes
+        distributed.check_engine(cfg, wants_eval_loop(cfg), pick_device(cfg.train.device), launching=True)
+        distributed.launch(args.nproc, args.argv)  # does not return: this process becomes torchrun
+    # imports transformers, so only after the config checks above
+    from chattune.train.interrupt import TrainingInterrupted
+
+    try:
+        train(cfg, resume=getattr(args, "resume", None))
+    except TrainingInterrupted as stop:
+        return _report_interrupted(stop, getattr(args, "argv", None) or ["train", *filter(None, [args.config]), *args.overrides])
     return 0
+
+
+def _report_interrupted(stop, argv: list[str]) -> int:
+    """Print where the run stopped and the exact command that continues it; 128 + signal."""
+    import os
+
+    from chattune.train.distributed import is_main, world_size
+    from chattune.train.interrupt import resume_command
+
+    single_machine = os.environ.get("LOCAL_WORLD_SIZE") == str(world_size())
+    if world_size() > 1 and single_machine and not any(a.startswith("--nproc") for a in argv):
+        argv = [*argv, "--nproc", str(world_size())]  # torchrun's workers do not see the launcher's --nproc
+    if is_main():
+        console = Console(stderr=True)
+        console.print(f"[bold yellow]interrupted[/] {stop}", highlight=False)
+        console.print("continue with:", highlight=False)
+        console.print(f"  {resume_command(argv, stop.run_dir)}", highlight=False, soft_wrap=True)
+    return stop.exit_code
 
 
 def _settings(args: Namespace):
@@ -73,8 +122,12 @@ def cmd_chat(args: Namespace) -> int:
 
 def cmd_demo(args: Namespace) -> int:
     from chattune.demo import run_demo
+    from chattune.train.interrupt import TrainingInterrupted
 
-    return run_demo(args.config, args.overrides)
+    try:
+        return run_demo(args.config, args.overrides)
+    except TrainingInterrupted as stop:  # continue the training part with `chattune train`
+        return _report_interrupted(stop, ["train", *filter(None, [args.config]), *args.overrides])
 
 
 HANDLERS = {"train": cmd_train, "chat": cmd_chat, "demo": cmd_demo, "config": cmd_config}
@@ -112,7 +165,7 @@ def cmd_data(args: Namespace) -> int:
     from chattune.data.inspect import inspect_data
     from chattune.model.load import load_tokenizer
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(*_config_and_overrides(args))
     return inspect_data(cfg, load_tokenizer(cfg.model), args.n, Console())
 
 

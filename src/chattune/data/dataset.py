@@ -19,6 +19,8 @@ from chattune.data.formats import Conversation, DataError, RowSpec, load_convers
 from chattune.data.templates import Encoded, encode_conversation
 
 EXAMPLES_KEPT = 3  # sources listed per truncation/drop reason
+SKIPPED_KEPT = 20  # skipped rows listed (with their reason) in data_stats.json; all are counted
+CLIP_SAFETY = 4  # chars per vocabulary character allowed for normalizers that shrink text
 
 
 @dataclass
@@ -33,6 +35,9 @@ class DataStats:
     dropped_sources: list[str] = field(default_factory=list)
     turns_without_stop: int = 0
     max_tokens: int = 0
+    skipped: int = 0  # bad rows left out with data.on_error=skip
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    skipped_rows: list[str] = field(default_factory=list)  # "file:line:field: message", the first few
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -165,16 +170,55 @@ def _fit(tokenizer, messages, encoded: Encoded, max_length: int, policy: str, st
         encoded = encode_conversation(tokenizer, system + body, stop_ids, mask)
     if len(encoded.input_ids) <= max_length:
         return encoded, ""
-    return _cut_last_answer(encoded, max_length)
+    return _cut_last_answer(encoded, max_length, tokenizer)
 
 
-def _cut_last_answer(encoded: Encoded, max_length: int):
+def _cut_last_answer(encoded: Encoded, max_length: int, tokenizer=None):
     """Keep the prompt and the answer's head, and still train its end-of-turn token."""
     end = encoded.turn_ends[-1]
     answer_start = encoded.turn_starts[-1]
     if answer_start >= max_length - 1:
         return None, f"prompt alone is longer than max_length={max_length}"
-    keep = max_length - 1
+    keep = _whole_characters(tokenizer, encoded.input_ids, answer_start, max_length - 1)
     ids = encoded.input_ids[:keep] + [encoded.input_ids[end - 1]]
     labels = encoded.labels[:keep] + [encoded.labels[end - 1]]
     return Encoded(ids, labels, [len(ids)], [answer_start]), ""
+
+
+def _whole_characters(tokenizer, ids: list[int], start: int, keep: int) -> int:
+    """Move a cut back (a few tokens at most) so the head does not end inside a character
+    spelled with several byte tokens; otherwise the model learns half a character, then stop."""
+    for _ in range(4):
+        if tokenizer is None or keep <= start:
+            break
+        tail = tokenizer.decode(ids[max(start, keep - 4):keep], skip_special_tokens=False)
+        if not tail.endswith("\ufffd"):
+            break
+        keep -= 1
+    return keep
+
+
+def clip_length(tokenizer, max_length: int) -> int:
+    """Characters past which one message alone surely exceeds `max_length` tokens.
+
+    No token covers more characters than the longest vocabulary entry (byte-level and
+    byte-fallback entries spell one character with one or more), so a longer message is
+    over-long whatever the tokenizer does with it.
+    """
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    longest = max(map(len, vocab), default=0)
+    return CLIP_SAFETY * max(longest, 1) * (max_length + 16) if vocab else 0
+
+
+def clip_long_messages(convs: list[Conversation], cap: int) -> list[tuple[Conversation, int, int]]:
+    """Cut messages longer than `cap` characters to `cap` (in place), so a 10 MB row is not
+    tokenized whole just to be truncated. Returns (conversation, message index, original length)."""
+    clipped = []
+    for conv in {id(c): c for c in convs}.values():  # weighted copies share one object
+        for i, message in enumerate(conv.messages):
+            if cap and len(message["content"]) > cap:
+                clipped.append((conv, i, len(message["content"])))
+                conv.messages[i] = {**message, "content": message["content"][:cap]}
+                conv.meta["clipped"] = True
+    return clipped
+

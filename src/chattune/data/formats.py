@@ -190,12 +190,12 @@ def load_conversations(
 ) -> list[Conversation]:
     """Read every row of `path` into a Conversation.
 
-    Fails on the first bad row, unless `errors` is a list: then bad rows are appended to it
-    and skipped, so a lint can report them all.
+    Fails on the first bad row, unless `errors` is a list: then bad rows (and undecodable
+    lines) are appended to it and skipped, so a lint can report them all.
     """
     spec = spec or RowSpec(format=fmt, system=default_system)
     conversations = []
-    for line, row in read_rows(path):
+    for line, row in read_rows(path, errors):
         where = f"{path}:{line}"
         try:
             messages, fields = row_to_messages(row, where, spec)

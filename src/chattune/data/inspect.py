@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -46,6 +47,7 @@ def inspect_data(cfg, tokenizer, n: int, console: Console) -> int:
         print_stats("eval", eval_stats, console)
     print_findings("error", "red", checked.report.errors, console)
     print_findings("warning", "yellow", checked.report.warnings, console)
+    print_findings("skipped (data.on_error=skip)", "yellow", checked.report.skipped, console)
     for conv, example in list(zip(usable, examples, strict=False))[:n]:
         console.rule(f"{conv.source}  ({len(example['input_ids'])} tokens, "
                      f"{sum(x != IGNORE_INDEX for x in example['labels'])} trained)")
@@ -113,7 +115,7 @@ def print_findings(label: str, colour: str, findings: list[Finding], console: Co
     for kind, items in by_kind.items():
         console.print(f"[bold {colour}]{label}[/] {kind}: {len(items)}")
         for finding in items[:SHOWN_PER_KIND]:
-            console.print(f"  {finding}", highlight=False)
+            console.print(f"  {escape(str(finding))}", highlight=False)
         if len(items) > SHOWN_PER_KIND:
             console.print(f"  ... and {len(items) - SHOWN_PER_KIND} more")
 

@@ -1,23 +1,42 @@
 """Check a configured dataset against its tokenizer and template before any model loads.
 
 Hard errors (file:line:field): bad rows (empty answer, roles not alternating, unknown
-role, missing fields), template missing or unusable, no trainable token, a trained turn
-whose end-of-turn token is not trained. Warnings: duplicate conversations, examples
-longer than data.max_length. `chattune train` and `chattune data inspect` both run it.
-It needs only the tokenizer, never model weights; it does not build training examples.
+role, missing fields, undecodable lines), template missing or unusable, no trainable token,
+a trained turn whose end-of-turn token is not trained. With data.on_error=skip, row-level
+problems are skipped and counted instead. Warnings: duplicate conversations, examples
+longer than data.max_length, special-token text inside a message. `chattune train` and
+`chattune data inspect` both run it. It needs only the tokenizer, never model weights;
+it does not build training examples.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 
-from chattune.data.dataset import load_splits
+from rich.markup import escape
+
+from chattune.data.dataset import (
+    SKIPPED_KEPT,
+    DataStats,
+    clip_length,
+    clip_long_messages,
+    load_splits,
+)
 from chattune.data.formats import Conversation, DataError
 from chattune.data.named_templates import use_template
-from chattune.data.templates import IGNORE_INDEX, TemplateError, encode_conversation, stop_token_ids
+from chattune.data.templates import (
+    IGNORE_INDEX,
+    TemplateError,
+    encode_conversation,
+    special_texts,
+    stop_token_ids,
+)
 
 SHOWN_PER_KIND = 10  # findings printed per kind; all are counted
+ROW_KINDS = {"bad row", "empty answer", "roles not alternating", "unknown role", "undecodable line", "ragged row",
+             "wrong type", "missing field", "no trainable token"}
 
 
 @dataclass
@@ -34,7 +53,9 @@ class Finding:
 class LintReport:
     errors: list[Finding] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
+    skipped: list[Finding] = field(default_factory=list)  # bad rows left out (data.on_error=skip)
     template: str = ""
+    on_error: str = "raise"
 
     def error(self, where: str, message: str, kind: str) -> None:
         self.errors.append(Finding(where, message, kind))
@@ -42,11 +63,30 @@ class LintReport:
     def warn(self, where: str, message: str, kind: str) -> None:
         self.warnings.append(Finding(where, message, kind))
 
+    def row_problem(self, where: str, message: str, kind: str) -> None:
+        """A problem confined to one row: an error, or a skipped row with data.on_error=skip."""
+        (self.skipped if self.on_error == "skip" else self.errors).append(Finding(where, message, kind))
+
     def raise_if_errors(self) -> None:
         if self.errors:
             shown = "\n  ".join(str(e) for e in self.errors[:SHOWN_PER_KIND])
             more = f"\n  ... and {len(self.errors) - SHOWN_PER_KIND} more" if len(self.errors) > SHOWN_PER_KIND else ""
-            raise DataError("data", f"{len(self.errors)} error(s); fix them before training:\n  {shown}{more}")
+            hint = ""
+            if self.on_error == "raise" and any(e.kind in ROW_KINDS for e in self.errors):
+                hint = "\nFix these rows, or set data.on_error=skip to leave bad rows out (counted in data_stats.json)."
+            raise DataError("data", f"{len(self.errors)} error(s); fix them before training:\n  {shown}{more}{hint}")
+
+    def summary_lines(self) -> list[str]:
+        """Warnings and skipped rows counted per kind, each with its first example (rich markup)."""
+        lines = []
+        for label, findings in (("warning", self.warnings), ("skipped", self.skipped)):
+            by_kind: dict[str, list[Finding]] = {}
+            for finding in findings:
+                by_kind.setdefault(finding.kind, []).append(finding)
+            for kind, items in by_kind.items():
+                what = "row(s) skipped (data.on_error=skip)" if label == "skipped" else "example(s)"
+                lines.append(f"[yellow]{label}[/] {kind}: {len(items)} {what}, e.g. {escape(str(items[0]))}")
+        return lines
 
 
 @dataclass
@@ -58,8 +98,11 @@ class CheckedData:
 
 
 def lint_data(data_cfg, tokenizer, seed: int) -> CheckedData:
-    """Apply data.template, load every source collecting row errors, then check each example."""
-    report = LintReport()
+    """Apply data.template, load every source collecting row errors, then check each example.
+
+    File-level problems (missing, empty, a broken JSON array) raise DataError at once.
+    """
+    report = LintReport(on_error=getattr(data_cfg, "on_error", "raise"))
     try:
         report.template = use_template(tokenizer, data_cfg.template)
     except TemplateError as err:
@@ -68,18 +111,49 @@ def lint_data(data_cfg, tokenizer, seed: int) -> CheckedData:
     row_errors: list[DataError] = []
     train, eval_ = load_splits(data_cfg, seed, row_errors)
     for err in row_errors:
-        report.error(err.where, str(err).removeprefix(f"{err.where}: "), _row_error_kind(str(err)))
+        report.row_problem(err.where, str(err).removeprefix(f"{err.where}: "), _row_error_kind(str(err)))
+    warn_clipped(report, clip_long_messages(train + eval_, clip_length(tokenizer, data_cfg.max_length)),
+                 data_cfg.max_length)
     stops = stop_token_ids(tokenizer)
+    specials = special_texts(tokenizer)
     lengths = {}
     for conv in {id(c): c for c in train + eval_}.values():  # weighted copies once
         lengths[conv.source] = check_example(report, tokenizer, conv, data_cfg, stops)
+        check_special_text(report, conv, specials)
     check_duplicates(report, train)
+    if report.skipped:
+        left_out = {f.where for f in report.skipped}
+        train, eval_ = ([c for c in part if c.source not in left_out] for part in (train, eval_))
     return CheckedData(report, train, eval_, {k: v for k, v in lengths.items() if v})
+
+
+def warn_clipped(report: LintReport, clipped, max_length: int) -> None:
+    for conv, index, chars in clipped:
+        fields = conv.meta.get("fields") or []
+        spot = f"{conv.source}:{fields[index]}" if index < len(fields) else conv.source
+        report.warn(spot, f"very long: {chars:,} characters in one message, far more than data.max_length="
+                    f"{max_length} tokens; clipped to {len(conv.messages[index]['content']):,} characters before "
+                    "tokenizing (the example is then cut or dropped as usual)", "very long")
+
+
+def check_special_text(report: LintReport, conv: Conversation, specials: list[str]) -> None:
+    """Text like '<|im_end|>' in a message becomes the control token itself when tokenized."""
+    fields = conv.meta.get("fields") or []
+    for i, message in enumerate(conv.messages):
+        found = sorted(s for s in specials if s in message["content"])
+        if found:
+            spot = f"{conv.source}:{fields[i]}" if i < len(fields) else conv.source
+            report.warn(spot, f"contains special-token text {', '.join(map(repr, found))}, which is tokenized as "
+                        "the control token itself (an end-of-turn token inside an answer teaches the model to "
+                        "stop there); remove or rewrite it", "special-token text")
+            return
 
 
 def _row_error_kind(message: str) -> str:
     for needle, kind in (("empty assistant", "empty answer"), ("alternate", "roles not alternating"),
-                         ("unknown role", "unknown role")):
+                         ("unknown role", "unknown role"), ("invalid JSON", "undecodable line"),
+                         ("not UTF-8", "undecodable line"), ("cells but the header", "ragged row"),
+                         ("must be a string", "wrong type"), ("missing", "missing field")):
         if needle in message:
             return kind
     return "bad row"
@@ -91,12 +165,12 @@ def check_example(report: LintReport, tokenizer, conv: Conversation, data_cfg, s
         encoded = encode_conversation(tokenizer, conv.messages, stops, data_cfg.mask)
     except TemplateError as err:
         if "produced no tokens" in str(err):  # the answer merged into a prompt token
-            report.error(conv.source, f"no trainable token: {err}", "no trainable token")
+            report.row_problem(conv.source, f"no trainable token: {err}", "no trainable token")
         else:
             report.error(conv.source, f"template: {err}", "template unusable")
         return 0
     if encoded.trained_tokens == 0:
-        report.error(conv.source, "no trainable token after templating", "no trainable token")
+        report.row_problem(conv.source, "no trainable token after templating", "no trainable token")
         return 0
     answers = [i for i, m in enumerate(conv.messages) if m["role"] == "assistant"]
     trained_turns = range(len(answers)) if data_cfg.mask != "last" else [len(answers) - 1]
@@ -112,7 +186,7 @@ def check_example(report: LintReport, tokenizer, conv: Conversation, data_cfg, s
             "the model would never learn to stop. Pick a template (data.template) that matches "
             "the tokenizer", "end-of-turn not trained",
         )
-    if len(encoded.input_ids) > data_cfg.max_length:
+    if len(encoded.input_ids) > data_cfg.max_length and not conv.meta.get("clipped"):
         action = "dropped" if data_cfg.truncation == "drop" else "cut, or dropped if its prompt alone is longer"
         report.warn(conv.source, f"very long: {len(encoded.input_ids)} tokens > data.max_length="
                     f"{data_cfg.max_length} (will be {action})", "very long")
@@ -127,3 +201,30 @@ def check_duplicates(report: LintReport, convs: list[Conversation]) -> None:
         seen = first_seen.setdefault(key, conv.source)
         if seen != conv.source:
             report.warn(conv.source, f"duplicate of {seen}", "duplicate")
+
+
+def add_skipped(stats: dict[str, dict], report: LintReport, data_cfg) -> None:
+    """Count skipped rows (data.on_error=skip) in data_stats: per split, with reasons and the first rows."""
+    eval_file = f"{data_cfg.eval_path}:" if data_cfg.eval_path else None
+    for split in ("train", "eval"):
+        mine = [f for f in report.skipped if (eval_file is not None and f.where.startswith(eval_file)) == (split == "eval")]
+        if mine:
+            entry = stats.setdefault(split, DataStats().to_dict())
+            entry.update(skipped=len(mine), skip_reasons=dict(Counter(f.kind for f in mine)),
+                         skipped_rows=[str(f) for f in mine[:SKIPPED_KEPT]])
+
+
+def nothing_to_train(train_stats: dict | None, data_cfg) -> DataError:
+    """Why no training example is left, and what to change."""
+    stats = train_stats or {}
+    if stats.get("dropped"):
+        reasons = "; ".join(f"{n} {reason}" for reason, n in stats["drop_reasons"].items())
+        fix = ("raise data.max_length or use data.truncation=truncate" if data_cfg.truncation == "drop"
+               else "raise data.max_length or shorten the prompts and system prompt")
+        return DataError("data", f"all {stats['dropped']} training examples were dropped ({reasons}; e.g. "
+                         f"{', '.join(stats['dropped_sources'])}); {fix}")
+    if stats.get("skipped"):
+        return DataError("data", f"every training row was skipped as bad ({stats['skipped']}, data.on_error=skip), "
+                         f"e.g. {stats['skipped_rows'][0]}; fix the data")
+    return DataError("data", "no training examples; the data has no rows")
+

@@ -7,7 +7,9 @@ interpret rows; formats.py does.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -21,44 +23,63 @@ class DataError(ValueError):
         self.where = where
 
 
-def read_rows(path: Path) -> list[tuple[int, Any]]:
-    """Return (line or row number, parsed row) pairs from any supported file or folder."""
+def read_rows(path: Path, errors: list[DataError] | None = None) -> list[tuple[int, Any]]:
+    """Return (line or row number, parsed row) pairs from any supported file or folder.
+
+    A problem confined to one row (a JSONL line that is not JSON or not UTF-8, a CSV row
+    with the wrong cell count) raises, unless `errors` is a list: then it is appended and
+    the row skipped. Whole-file problems (missing, empty, a broken JSON array) always raise.
+    """
     if not path.exists():
-        raise DataError(str(path), "file not found")
+        raise DataError(str(path), f"file not found; check the path (relative paths start in {Path.cwd()})")
     if path.is_dir():
         return _saved_dataset_rows(path)
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return _parquet_rows(path)
-    text = _read_text(path)
-    if not text.strip():
-        raise DataError(str(path), "file is empty")
+    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    if not raw.strip():
+        raise DataError(str(path), "file is empty; it needs at least one row")
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise DataError(f"{path}:1", "the file is UTF-16; re-save it as UTF-8")
     if suffix in (".csv", ".tsv"):
-        return _csv_rows(path, text, delimiter="\t" if suffix == ".tsv" else ",")
-    if suffix == ".jsonl" or not text.lstrip().startswith("["):
-        return _jsonl_rows(path, text)
-    return _json_array_rows(path, text)
+        return _csv_rows(path, _decode(path, raw), delimiter="\t" if suffix == ".tsv" else ",", errors=errors)
+    if suffix == ".jsonl" or not raw.lstrip().startswith(b"["):
+        return _jsonl_rows(path, raw, errors)
+    return _json_array_rows(path, _decode(path, raw))
 
 
-def _read_text(path: Path) -> str:
-    raw = path.read_bytes()
+def _decode(path: Path, raw: bytes) -> str:
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}", f"not UTF-8 (byte {raw[err.start]:#x}); re-save the file as UTF-8") from None
 
 
-def _jsonl_rows(path: Path, text: str) -> list[tuple[int, Any]]:
+def _row_problem(errors: list[DataError] | None, problem: DataError) -> None:
+    if errors is None:
+        raise problem
+    errors.append(problem)
+
+
+def _jsonl_rows(path: Path, raw: bytes, errors: list[DataError] | None) -> list[tuple[int, Any]]:
+    """One JSON value per line, split on \\n only: str.splitlines would also cut at U+2028 inside a string."""
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            rows.append((number, json.loads(line)))
+            rows.append((number, json.loads(line.decode("utf-8"))))
+        except UnicodeDecodeError as err:
+            message = f"not UTF-8 (byte {line[err.start]:#x} at byte {err.start + 1} of the line); re-save the file as UTF-8"
+            _row_problem(errors, DataError(f"{path}:{number}", message))
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number}", f"invalid JSON ({err.msg} at column {err.colno})") from None
+            _row_problem(errors, DataError(f"{path}:{number}", f"invalid JSON ({err.msg} at column {err.colno})"))
     return rows
+
+
+_ARRAY_FIX = "fix the file here (a JSON array is read whole; in JSONL, data.on_error=skip can skip a bad line)"
 
 
 def _json_array_rows(path: Path, text: str) -> list[tuple[int, Any]]:
@@ -73,14 +94,14 @@ def _json_array_rows(path: Path, text: str) -> list[tuple[int, Any]]:
         try:
             row, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{err.lineno}", f"invalid JSON ({err.msg} at column {err.colno})") from None
+            raise DataError(f"{path}:{err.lineno}", f"invalid JSON ({err.msg} at column {err.colno}); {_ARRAY_FIX}") from None
         rows.append((text.count("\n", 0, pos) + 1, row))
         pos = _skip_space(text, end)
         if pos < len(text) and text[pos] == ",":
             pos += 1
         elif pos >= len(text) or text[pos] != "]":
             line = text.count("\n", 0, pos) + 1
-            raise DataError(f"{path}:{line}", "invalid JSON (expected ',' or ']' between rows)")
+            raise DataError(f"{path}:{line}", f"invalid JSON (expected ',' or ']' between rows); {_ARRAY_FIX}")
 
 
 def _skip_space(text: str, pos: int) -> int:
@@ -89,9 +110,9 @@ def _skip_space(text: str, pos: int) -> int:
     return pos
 
 
-def _csv_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, Any]]:
+def _csv_rows(path: Path, text: str, delimiter: str, errors=None) -> list[tuple[int, Any]]:
     """Rows keyed by the header; a row with a wrong cell count names its line."""
-    reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter, strict=True)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         header = next(reader)
     except csv.Error as err:
@@ -107,9 +128,10 @@ def _csv_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, Any]]:
             return rows
         except csv.Error as err:
             raise DataError(f"{path}:{line}", f"invalid CSV ({err})") from None
-        if cells:
-            if len(cells) != len(header):
-                raise DataError(f"{path}:{line}", f"{len(cells)} cells but the header has {len(header)} columns")
+        if cells and len(cells) != len(header):
+            _row_problem(errors, DataError(f"{path}:{line}", f"{len(cells)} cells but the header has {len(header)} "
+                                           "columns; quote cells that contain the delimiter"))
+        elif cells:
             rows.append((line, dict(zip(header, cells, strict=True))))
         line = reader.line_num + 1
 

@@ -6,15 +6,18 @@ are then labelled by their character offsets. The mask strategy picks what is tr
 `assistant` (every assistant turn, default), `last` (the last turn; the rest is context)
 or `all` (every token). A trained turn runs up to and including its end-of-turn token;
 everything else is -100. Pad ids are never labels.
-This module does not read files or truncate; dataset.py does.
+`prompt_ids` tokenizes a prompt for generation so that message text never acts as a
+control token. This module does not read files or truncate; dataset.py does.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 IGNORE_INDEX = -100
 MASKS = ("assistant", "last", "all")
+_MARK = re.compile("\ue000(\\d+)\ue001")  # placeholder for message i: private-use chars around i
 
 
 class TemplateError(ValueError):
@@ -134,3 +137,45 @@ def _through_stop_token(ids: list[int], start: int, end: int, stop_ids: set[int]
         if ids[i] in stop_ids:
             return i + 1
     return end
+
+
+def special_texts(tokenizer) -> list[str]:
+    """Texts the tokenizer turns into a control token (special and added tokens)."""
+    added = getattr(tokenizer, "get_added_vocab", dict)()
+    return [text for text in {*added, *tokenizer.all_special_tokens} if text]
+
+
+def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Ids of the conversation plus the assistant header; message text never becomes a control token.
+
+    The template's own text (its special tokens included) is tokenized normally; each message
+    content with `split_special_tokens=True`, so someone typing `<|im_end|>` gets plain-text
+    ids. Without special-token text in any content, the full render is tokenized at once,
+    exactly as in training.
+    """
+    specials = special_texts(tokenizer)
+    if not any(s in m["content"] for m in messages for s in specials):
+        text = render(tokenizer, messages, add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return ids_by_segments(tokenizer, messages)
+
+
+def ids_by_segments(tokenizer, messages: list[dict]) -> list[int]:
+    """Render with a placeholder per content, then tokenize template glue and contents apart."""
+    marked = [{**m, "content": f"\ue000{i}\ue001"} for i, m in enumerate(messages)]
+    pieces = _MARK.split(render(tokenizer, marked, add_generation_prompt=True))  # glue, index, glue, ...
+    rebuilt = "".join(messages[int(p)]["content"] if k % 2 else p for k, p in enumerate(pieces))
+    if rebuilt != render(tokenizer, messages, add_generation_prompt=True):
+        raise TemplateError(
+            "a message contains special-token text that this model's chat template "
+            "cannot carry safely (the template rewrites message contents)"
+        )
+    ids: list[int] = []
+    for k, piece in enumerate(pieces):
+        if k % 2:
+            ids += tokenizer(messages[int(piece)]["content"], add_special_tokens=False,
+                             split_special_tokens=True)["input_ids"]
+        elif piece:
+            ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
+    return ids
+

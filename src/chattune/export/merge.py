@@ -33,27 +33,28 @@ class LoadedRun:
 
 
 def is_quantized_run(cfg) -> bool:
-    """True for a QLoRA run (4/8-bit base); the config keys belong to the QLoRA issue."""
-    model_cfg = cfg.model
-    quant = getattr(model_cfg, "quantization", None) or getattr(model_cfg, "load_in_4bit", None)
-    return bool(quant) and quant not in ("none", "no")
+    """True for a QLoRA run: model.quantize loaded the base in 4 or 8 bits."""
+    return cfg.model.quantize != "none"
 
 
 def load_run(run_path: str | Path) -> LoadedRun:
     import torch
     from peft import PeftModel
 
+    from chattune.adapter_base import check_adapter_base, check_adapter_shapes
     from chattune.model.load import load_base_model, open_tokenizer
+    from chattune.models import resolve_model
 
     run = rundir.open_run_dir(run_path)
     cfg = run.config()
-    if is_quantized_run(cfg):
-        # The merge must go into the dequantized base (load 4-bit, dequantize each layer,
-        # add the LoRA delta in fp32). Not implemented until QLoRA training exists; merging
-        # into a freshly loaded fp32 base would silently differ from what was trained.
-        raise ExportError(f"{run.path}: exporting a QLoRA run (quantized base) is not supported yet")
+    check_adapter_base(run.adapter, resolve_model(cfg.model.name, cfg.model.revision))
     tokenizer = open_tokenizer(str(run.tokenizer), trust_remote_code=cfg.model.trust_remote_code)
-    base = load_base_model(cfg.model, dtype=torch.float32, device="cpu")
+    base = load_base_model(cfg.model, dtype=torch.float32, device="cpu")  # QLoRA: quantized as in training
+    if is_quantized_run(cfg):
+        from chattune.model.quant import keep_standard_4bit_path
+
+        keep_standard_4bit_path(base)  # measure the 4-bit layers as training computed them, keep them readable
+    check_adapter_shapes(run.adapter, base)
     model = PeftModel.from_pretrained(base, str(run.adapter))
     model.eval()
     stops = stop_token_ids(tokenizer, getattr(base, "generation_config", None))
@@ -82,7 +83,19 @@ def held_out_conversations(cfg, console=None) -> tuple[list[list[dict]], str]:
 
 
 def merge(loaded: LoadedRun) -> None:
-    """Fold the adapter into the base weights in place (seed 001: merge_and_unload)."""
+    """Fold the adapter into the base weights in place (seed 001: merge_and_unload).
+
+    QLoRA: peft would merge into the 4/8-bit layers and re-quantize the sum, losing most of the
+    delta; instead the base is dequantized to fp32 (the exact weights its layers computed with)
+    and the adapter, loaded again on it, is merged there.
+    """
+    if is_quantized_run(loaded.cfg):
+        from peft import PeftModel
+
+        from chattune.model.quant import dequantize
+
+        base = dequantize(loaded.model.unload())  # unload: the base without the adapter, unmerged
+        loaded.model = PeftModel.from_pretrained(base, str(loaded.run.adapter))
     loaded.model = loaded.model.merge_and_unload()
     loaded.model.eval()
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from chattune import rundir
 from chattune.config import ModelConfig
-from chattune.data.templates import render, stop_token_ids, with_system
+from chattune.data.templates import TemplateError, prompt_ids, stop_token_ids, with_system
 
 
 @dataclass
@@ -42,11 +42,14 @@ class ChatModel:
     @classmethod
     def load(cls, target: str, device: str = "cpu") -> ChatModel:
         """`target` is a run dir, or anything models.resolve_model accepts."""
+        from chattune.adapter_base import check_adapter_base
         from chattune.model.load import load_base_model, load_tokenizer, open_tokenizer
+        from chattune.models import resolve_model
 
         if rundir.is_run_dir(target):
             run = rundir.open_run_dir(target)
             cfg = run.config()
+            check_adapter_base(run.adapter, resolve_model(cfg.model.name, cfg.model.revision))
             tokenizer = open_tokenizer(str(run.tokenizer), trust_remote_code=cfg.model.trust_remote_code)
             base = load_base_model(cfg.model, device=device)
             model = _with_adapter(base, run.adapter)
@@ -61,8 +64,13 @@ class ChatModel:
         return cls(model, tokenizer, system, stops)
 
     def prompt_ids(self, messages: list[dict]):
-        text = render(self.tokenizer, with_system(messages, self.system), add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")
+        """Typed text stays text: '<|im_end|>' in a message never becomes the end-of-turn token."""
+        import torch
+        from transformers import BatchEncoding
+
+        ids = prompt_ids(self.tokenizer, with_system(messages, self.system))
+        input_ids = torch.tensor([ids], dtype=torch.long)
+        return BatchEncoding({"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)})
 
     def _generate_kwargs(self, messages, settings: GenerationSettings) -> dict:
         inputs = self.prompt_ids(messages).to(self.model.device)
@@ -103,6 +111,9 @@ class ChatModel:
 def _with_adapter(base, adapter_path):
     from peft import PeftModel
 
+    from chattune.adapter_base import check_adapter_shapes
+
+    check_adapter_shapes(adapter_path, base)
     return PeftModel.from_pretrained(base, str(adapter_path))
 
 
@@ -127,8 +138,13 @@ def repl(chat: ChatModel, settings: GenerationSettings, read=input, write=print)
         history.append({"role": "user", "content": line})
         pieces = []
         write("bot> ", end="", flush=True)
-        for piece in chat.stream(history, settings):
-            pieces.append(piece)
-            write(piece, end="", flush=True)
+        try:
+            for piece in chat.stream(history, settings):
+                pieces.append(piece)
+                write(piece, end="", flush=True)
+        except TemplateError as err:  # special-token text the template cannot carry as text
+            write(f"(not sent: {err})")
+            history.pop()
+            continue
         write("")
         history.append({"role": "assistant", "content": "".join(pieces).strip()})

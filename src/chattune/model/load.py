@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chattune.models import resolve_model
+from chattune.models import check_weights, resolve_model
 
 
 def load_tokenizer(model_cfg):
@@ -29,18 +29,28 @@ def open_tokenizer(source: str, revision: str | None = None, trust_remote_code: 
     return tokenizer
 
 
-def load_base_model(model_cfg, dtype=None, device: str = "cpu"):
+def load_base_model(model_cfg, dtype=None, device: str = "cpu", compute_dtype=None):
+    """The base model in `dtype` (fp32 by default); with model.quantize, its linear layers in
+    4/8-bit (bitsandbytes) computing in `compute_dtype` (default `dtype`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     source = resolve_model(model_cfg.name, model_cfg.revision)
+    check_weights(source)
+    dtype = dtype or torch.float32
+    quantized = {}
+    if getattr(model_cfg, "quantize", "none") != "none":
+        from chattune.model.quant import bnb_config
+
+        quantized = {"quantization_config": bnb_config(model_cfg, compute_dtype or dtype), "device_map": {"": device}}
     model = AutoModelForCausalLM.from_pretrained(
         source,
         revision=model_cfg.revision,
         trust_remote_code=model_cfg.trust_remote_code,
-        dtype=dtype or torch.float32,
+        dtype=dtype,
+        **quantized,
     )
-    return model.to(device)
+    return model if quantized else model.to(device)  # bitsandbytes places quantized weights itself
 
 
 def pick_device(preference: str = "auto") -> str:
@@ -70,3 +80,16 @@ def pick_precision(preference: str, device: str) -> str:
     if device == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def model_skeleton(model_cfg):
+    """The model's module tree on the meta device, read from its config without loading weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = resolve_model(model_cfg.name, model_cfg.revision)
+    config = AutoConfig.from_pretrained(
+        source, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+    )
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)

@@ -1,7 +1,9 @@
 """The HTTP API: an OpenAI-compatible FastAPI app over a registry of served models.
 
-`GET /v1/models`, `POST /v1/chat/completions` (JSON or SSE stream) and `GET /` (the chat
-page). Every error leaves in OpenAI's shape `{"error": {message, type, param, code}}`.
+`GET /v1/models`, `POST /v1/chat/completions` (JSON or SSE stream), `GET /openapi.json` and
+`GET /` (the chat page). With an API key every path but `GET /` needs it (the page itself holds
+nothing secret; its API calls send the key). Every error leaves in OpenAI's shape
+`{"error": {message, type, param, code}}`.
 Generation happens in the single worker thread (worker.py); this module only validates,
 queues and relays. Loading models is the caller's job (`chattune serve` does it).
 """
@@ -9,6 +11,7 @@ queues and relays. Loading models is the caller's job (`chattune serve` does it)
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import time
@@ -23,11 +26,25 @@ from starlette.responses import FileResponse, StreamingResponse
 
 from chattune.infer.chat import GenerationSettings
 from chattune.serve.prompt import PromptError, prompt_ids
-from chattune.serve.schemas import ChatRequest, error_response
+from chattune.serve.schemas import (
+    ChatCompletion,
+    ChatRequest,
+    ErrorResponse,
+    ModelList,
+    error_response,
+    openapi_components,
+    sse_schema,
+)
 from chattune.serve.worker import TOKENIZER_LOCK, Job, Worker
 
 PAGE = Path(__file__).parent / "static" / "index.html"
 DEFAULT_MAX_BODY = 1 << 20
+PUBLIC_PATHS = frozenset({"/"})  # the chat page; everything else needs the key when one is set
+# Below this a temperature is greedy: logits / 1e-300 overflow to inf and sampling fails.
+MIN_TEMPERATURE = 1e-4
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422)}
+_CHAT_RESPONSES = {200: {"model": ChatCompletion, "description": "a completion, or an SSE stream of chunks",
+                         "content": {"text/event-stream": {"schema": sse_schema()}}}, **_ERRORS}
 
 
 def create_app(registry, api_key: str | None = None, max_tokens: int = 512,
@@ -40,7 +57,8 @@ def create_app(registry, api_key: str | None = None, max_tokens: int = 512,
         yield
         worker.stop()
 
-    app = FastAPI(title="chattune", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="chattune", lifespan=lifespan, docs_url=None, redoc_url=None)
+    _document(app)
     app.state.registry, app.state.worker, app.state.max_tokens = registry, worker, max_tokens
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes)
     _add_error_handlers(app)
@@ -49,13 +67,13 @@ def create_app(registry, api_key: str | None = None, max_tokens: int = 512,
     async def page():
         return FileResponse(PAGE, media_type="text/html")
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=None, responses={200: {"model": ModelList}, 401: _ERRORS[401]})
     async def models():
         data = [{"id": name, "object": "model", "created": registry.get(name).created,
                  "owned_by": "chattune"} for name in registry.names()]
         return {"object": "list", "data": data}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", response_model=None, responses=_CHAT_RESPONSES)
     async def chat_completions(body: ChatRequest, request: Request):
         return await _complete(app, body, request)
 
@@ -79,13 +97,13 @@ async def _complete(app, body: ChatRequest, request: Request):
     if budget < 1:
         return error_response(400, f"the prompt has {len(ids)} tokens, more than this model's "
                               "context allows", param="messages", code="context_length_exceeded")
-    settings = GenerationSettings(max_new_tokens=budget, temperature=body.temperature, top_p=body.top_p)
+    temperature = body.temperature if body.temperature >= MIN_TEMPERATURE else 0.0
+    settings = GenerationSettings(max_new_tokens=budget, temperature=temperature, top_p=body.top_p)
     job = Job(body.model, ids, settings, body.stop_list(), body.seed, asyncio.get_running_loop())
     app.state.worker.submit(job)
     reply = _Reply(body.model, len(ids))
     if body.stream:
-        usage = bool(((body.model_extra or {}).get("stream_options") or {}).get("include_usage"))
-        return StreamingResponse(_sse(job, reply, usage), media_type="text/event-stream",
+        return StreamingResponse(_sse(job, reply, body.include_usage()), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     return await _collect(job, reply, request)
 
@@ -166,14 +184,34 @@ async def _collect(job: Job, reply: _Reply, request: Request):
         job.cancelled.set()
 
 
+def _document(app: FastAPI) -> None:
+    """The OpenAPI schema also lists the stream chunk (only referenced from the SSE schema)."""
+    plain = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = plain()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, definition in openapi_components().items():
+                components.setdefault(name, definition)
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        # The deepest error: of a union's failed members, the one that got furthest names the field.
+        first = max(exc.errors(), key=lambda e: len(e.get("loc", ())), default={})
+        loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _union_tag(p)]
         where = ".".join(loc)
         message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")
         return error_response(422, message, param=where or None, code=first.get("type"))
+
+    @app.exception_handler(Exception)
+    async def crashed(request, exc: Exception):  # still a bug: the fuzz test fails on any 5xx
+        return error_response(500, f"internal error: {type(exc).__name__}", kind="server_error")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc: StarletteHTTPException):
@@ -181,8 +219,16 @@ def _add_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, str(exc.detail), kind=kind)
 
 
+def _union_tag(part) -> bool:
+    """pydantic names the union member that failed in `loc` ('str', 'list[TextPart]'): not a field."""
+    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool", "none"})
+
+
 class Guard:
-    """ASGI middleware: bearer-key check on /v1/ and a request-body size limit (413).
+    """ASGI middleware: bearer-key check (all paths but PUBLIC_PATHS) and a body size limit (413).
+
+    The key is compared in constant time: SHA-256 of both sides, then `hmac.compare_digest`,
+    so neither the content nor the length of the key leaks through timing.
 
     The body is read here (at most the limit) and replayed to the app, so a chunked upload
     cannot slip past the limit; later receives pass through, so disconnects are still seen.
@@ -190,25 +236,28 @@ class Guard:
 
     def __init__(self, app, api_key: str | None, max_body_bytes: int):
         self.app, self.api_key, self.max_body = app, api_key, max_body_bytes
+        self.key_digest = hashlib.sha256(api_key.encode("utf-8")).digest() if api_key else None
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket" and self.key_digest and not self._authorized(scope):
+            return await send({"type": "websocket.close", "code": 1008})  # no websocket routes either way
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if self.api_key and scope["path"].startswith("/v1/") and not self._authorized(scope):
+        if self.key_digest and scope["path"] not in PUBLIC_PATHS and not self._authorized(scope):
             response = error_response(401, "Incorrect or missing API key: send 'Authorization: Bearer KEY'",
                                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
             return await response(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             return await self._too_large(scope, receive, send)
-        body, more = b"", True
+        body, more = bytearray(), True
         while more:
             message = await receive()
             if message["type"] != "http.request":
                 break
             body += message.get("body", b"")
             more = message.get("more_body", False)
-            if len(body) > self.max_body:
+            if len(body) > self.max_body:  # chunked uploads have no Content-Length to check first
                 return await self._too_large(scope, receive, send)
         replayed = False
 
@@ -216,15 +265,16 @@ class Guard:
             nonlocal replayed
             if not replayed:
                 replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
             return await receive()
 
         return await self.app(scope, replay, send)
 
     def _authorized(self, scope) -> bool:
-        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-        scheme, _, given = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.api_key.encode())
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, given = header.partition(b" ")
+        given_digest = hashlib.sha256(given.strip()).digest()
+        return hmac.compare_digest(given_digest, self.key_digest) and scheme.lower() == b"bearer"
 
     async def _too_large(self, scope, receive, send):
         response = error_response(413, f"request body larger than {self.max_body} bytes",

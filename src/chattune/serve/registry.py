@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chattune import rundir
+from chattune.adapter_base import check_adapter_base, check_adapter_shapes
 from chattune.infer.chat import ChatModel
 from chattune.models import resolve_model
 
@@ -84,9 +85,11 @@ def describe(spec: str) -> Target:
     if rundir.is_run_dir(spec):
         run = rundir.open_run_dir(spec)
         m = run.config().model
-        key = (resolve_model(m.name, m.revision), m.revision, m.trust_remote_code)
+        quant = (m.quantize, m.quant_type, m.double_quant) if m.quantize != "none" else ("none",)
+        key = (resolve_model(m.name, m.revision), m.revision, m.trust_remote_code, quant)  # QLoRA: its own base
+        check_adapter_base(run.adapter, key[0])
         return Target(spec, served_name(spec), key, run)
-    return Target(spec, served_name(spec), (resolve_model(spec), None, False))
+    return Target(spec, served_name(spec), (resolve_model(spec), None, False, ("none",)))
 
 
 def plan(specs: list[str]) -> list[Target]:
@@ -134,6 +137,7 @@ def _load_run(t: Target, group: ModelGroup | None, device: str) -> tuple[ChatMod
         chat = ChatModel.load(t.spec, device=device)
         return chat, chat.model.active_adapter
     adapter = f"adapter{len(group.adapters)}"
+    check_adapter_shapes(t.run.adapter, group.model, t.base_key[0])
     group.model.load_adapter(str(t.run.adapter), adapter_name=adapter)
     group.model.eval()
     cfg = t.run.config()

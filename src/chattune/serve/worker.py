@@ -85,14 +85,18 @@ class Worker:
         self.registry = registry
         self.jobs: queue.Queue[Job | None] = queue.Queue()
         self.stats = WorkerStats()
-        self.thread = threading.Thread(target=self._run, name="chattune-generate", daemon=True)
+        self.thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self.thread.start()
+        """Start the generation thread (again, if an earlier lifespan stopped it)."""
+        if self.thread is None or not self.thread.is_alive():
+            self.thread = threading.Thread(target=self._run, name="chattune-generate", daemon=True)
+            self.thread.start()
 
     def stop(self) -> None:
-        self.jobs.put(None)
-        self.thread.join(timeout=30)
+        if self.thread is not None and self.thread.is_alive():
+            self.jobs.put(None)
+            self.thread.join(timeout=30)
 
     def submit(self, job: Job) -> None:
         self.jobs.put(job)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from chattune.train.distributed import is_main
+
 
 class MetricsLogger(TrainerCallback):
     """Writes {step, epoch, loss, lr, grad_norm, tokens_per_s, ...} lines; flushes each line."""
@@ -23,6 +25,7 @@ class MetricsLogger(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last_time = time.perf_counter()
+        self._last_tokens, self._last_trained = self.counter.tokens, self.counter.trained_tokens  # resumed: not 0
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero:
@@ -40,6 +43,8 @@ class MetricsLogger(TrainerCallback):
     def add(self, record: dict) -> None:
         """Keep, append to metrics.jsonl and pass on one record (also used by in-training eval)."""
         self.records.append(record)
+        if not is_main():
+            return  # several processes: rank 0 alone writes metrics.jsonl and feeds the trackers
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         for listener in self.listeners:

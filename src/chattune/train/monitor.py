@@ -12,6 +12,7 @@ from pathlib import Path
 
 from chattune import rundir
 from chattune.config import ConfigError
+from chattune.train.distributed import is_main
 
 LAST_ADAPTER = "last_adapter"
 
@@ -56,6 +57,7 @@ class Monitoring:
 
     def keep_best(self, model, run_path: Path, final_step: int) -> dict:
         """Save the final adapter aside and restore the best one; returns the eval summary."""
+        from chattune.model.adapters import adapter_writer
         from chattune.train.evaluate import restore_adapter
 
         loop = self.eval_loop
@@ -63,7 +65,8 @@ class Monitoring:
             return {}
         summary = loop.summary()
         if loop.tracker.best_step != final_step:
-            rundir.save_dir_atomic(run_path / LAST_ADAPTER, model.save_pretrained)
+            if is_main():
+                rundir.save_dir_atomic(run_path / LAST_ADAPTER, adapter_writer(model))
             restore_adapter(model, loop.best_state)
             summary["adapter"] = f"best (step {loop.tracker.best_step}); final weights in {LAST_ADAPTER}/"
         else:
@@ -77,7 +80,7 @@ def build_monitoring(cfg, run_path: Path, tokenizer, eval_conversations, metrics
     from chattune.train.evaluate import EvalLoop, eval_samples
     from chattune.train.tracking import build_trackers
 
-    trackers, callbacks = build_trackers(cfg, run_path)
+    trackers, callbacks = build_trackers(cfg, run_path) if is_main() else ([], [])  # rank 0 tracks
     monitoring = Monitoring(trackers, callbacks)
     metrics_logger.listeners.extend(tracker.log for tracker in trackers)
     if wants_eval_loop(cfg):

@@ -28,6 +28,25 @@ def collator_for(train_cfg, tokenizer, model):
     return make_collator(train_cfg.packing, tokenizer.pad_token_id)
 
 
+def lora_in_autocast_dtype(model, precision: str) -> int:
+    """Let LoRA layers compute in the autocast dtype instead of copying each input to fp32.
+
+    peft casts every adapter input to the (fp32) LoRA weight dtype; under bf16/fp16
+    autocast the matmul casts it straight back, so each of the 7 adapted inputs per layer
+    was copied twice and kept once more for backward. With the cast off, autocast casts
+    the tiny LoRA weights instead; the fp32 master weights and their gradients are
+    unchanged. Returns the number of layers switched (0 in fp32).
+    """
+    if precision not in ("bf16", "fp16"):
+        return 0
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and hasattr(m, "cast_input_dtype_enabled")]
+    for layer in layers:
+        layer.cast_input_dtype_enabled = False
+    return len(layers)
+
+
 def batch_tokens(inputs: dict) -> int:
     """Real (non-pad) tokens in a batch: packed batches have no padding and no attention_mask."""
     mask = inputs.get("attention_mask")

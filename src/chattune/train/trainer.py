@@ -6,7 +6,6 @@ Uses transformers' Trainer; chattune adds only token counting and the run dir.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,17 +15,27 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from chattune import rundir
 from chattune.config import RunConfig
 from chattune.data.dataset import tokenize_conversations
-from chattune.data.lint import lint_data
+from chattune.data.lint import add_skipped, lint_data, nothing_to_train
 from chattune.data.templates import stop_token_ids
-from chattune.model.adapters import attach_lora, count_parameters
+from chattune.model.adapters import INIT_ADAPTER, adapter_writer, attach_lora, count_parameters
 from chattune.model.load import load_base_model, load_tokenizer, pick_device, pick_precision
-from chattune.train.speed import base_weight_dtype, batch_tokens, collator_for
+from chattune.model.quant import compute_dtype, prepare_for_training
+from chattune.train import distributed
+from chattune.train.methods import method_callbacks, preflight
+from chattune.train.speed import base_weight_dtype, batch_tokens, collator_for, lora_in_autocast_dtype
 
 
 @dataclass
 class TokenCounter:
+    """Real and trained tokens: `tokens`/`trained_tokens` are sums over all processes as of the last sync."""
+
     tokens: int = 0
     trained_tokens: int = 0
+    local: list = field(default_factory=lambda: [0, 0])  # this process's counts since the last sync
+
+    def sync(self, reduce=list) -> None:
+        tokens, trained = reduce(self.local)
+        self.tokens, self.trained_tokens, self.local = self.tokens + tokens, self.trained_tokens + trained, [0, 0]
 
 
 @dataclass
@@ -44,25 +53,31 @@ class PreparedData:
     eval_conversations: list = field(default_factory=list)  # untokenized, for generation metrics
 
 
-def prepare_run_dir(cfg: RunConfig) -> Path:
+def prepare_run_dir(cfg: RunConfig, resuming: bool = False) -> Path:
     """Create the run dir now, so an unwritable output fails before training starts."""
     path = cfg.resolved_run_dir()
-    if path.exists() and any(path.iterdir()):
-        raise FileExistsError(f"{path}: run dir already exists and is not empty; choose another run_dir")
-    path.mkdir(parents=True, exist_ok=True)
-    probe = path / ".write-test"
-    probe.write_text("ok")
-    probe.unlink()
+    if path.exists() and not path.is_dir():
+        raise rundir.RunDirError(f"{path}: is a file, not a folder; choose another run_dir or output_dir")
+    if not resuming and path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"{path}: run dir already exists and is not empty; choose another run_dir "
+                              "(or continue it: --resume auto)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise rundir.RunDirError(f"{path}: cannot write the run dir here ({err.strerror or err}); "
+                                 "choose another output_dir or run_dir") from None
+    rundir.check_free_space(path, rundir.SPACE_MARGIN)
     return path
 
 
 def prepare_data(cfg: RunConfig, tokenizer, console: Console) -> PreparedData:
     """Apply data.template, lint (refuse to train on errors), then tokenize both splits."""
     checked = lint_data(cfg.data, tokenizer, cfg.seed)
-    for warning in checked.report.warnings[:5]:
-        console.print(f"[yellow]warning[/] {warning}", highlight=False)
-    if len(checked.report.warnings) > 5:
-        console.print(f"[yellow]warning[/] ... {len(checked.report.warnings) - 5} more (chattune data inspect)")
+    for line in checked.report.summary_lines():  # counts per kind; all of them: chattune data inspect
+        console.print(line, highlight=False)
     checked.report.raise_if_errors()
     train_convs, eval_convs = checked.train, checked.eval
     stops = stop_token_ids(tokenizer)
@@ -78,8 +93,9 @@ def prepare_data(cfg: RunConfig, tokenizer, console: Console) -> PreparedData:
                 progress=lambda task=task: progress.advance(task), mask=cfg.data.mask,
             )
             stats[split] = split_stats.to_dict()
+    add_skipped(stats, checked.report, cfg.data)
     if not parts.get("train"):
-        raise ValueError("no training example left after truncation/dropping; see data_stats")
+        raise nothing_to_train(stats.get("train"), cfg.data)
     return PreparedData(parts["train"], parts.get("eval", []), stats, eval_convs)
 
 
@@ -96,6 +112,8 @@ def report_data(stats: dict, console: Console) -> None:
             f"[bold]{split}[/]: {s['examples']} examples, {s['tokens']} tokens, "
             f"{s['trained_tokens']} trained; truncated {s['truncated']}, dropped {s['dropped']}"
             + (f" {s['drop_reasons']}" if s["dropped"] else "")
+            + (f", skipped {s['skipped']} bad rows {s['skip_reasons']} (data.on_error=skip)" if s.get("skipped") else ""),
+            highlight=False,
         )
         if s["turns_without_stop"]:
             console.print(f"[yellow]warning[/]: {s['turns_without_stop']} assistant turns have no end-of-turn token")
@@ -122,32 +140,44 @@ def build_training_args(cfg: RunConfig, run_path: Path, precision: str, device: 
         logging_steps=t.logging_steps,
         eval_strategy=eval_strategy,
         eval_steps=eval_steps,
-        save_strategy="no",
+        save_strategy="steps" if t.save_every else "no",  # train/checkpoints.py writes them atomically
+        save_steps=t.save_every or 500,
+        save_total_limit=None,  # rotation: train.keep_checkpoints, complete checkpoints only
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=device == "cpu",
         activation_checkpointing=t.gradient_checkpointing,
+        optim=t.optim,
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to="none",
         remove_unused_columns=False,
         dataloader_num_workers=0,
         torch_compile=t.compile,
+        ddp_backend=distributed.ddp_backend(device),
+        **distributed.engine_args(t),  # train.fsdp / train.deepspeed presets
     )
 
 
 def make_trainer_class():
     from transformers import Trainer
 
-    class CountingTrainer(Trainer):
+    from chattune.train.checkpoints import AtomicCheckpoints
+
+    class CountingTrainer(AtomicCheckpoints, Trainer):
         """Trainer that counts real and trained tokens for throughput logging."""
 
         counter: TokenCounter
 
         def training_step(self, model, inputs, num_items_in_batch=None):
-            self.counter.tokens += batch_tokens(inputs)
-            self.counter.trained_tokens += int((inputs["labels"] != -100).sum())
+            self.counter.local[0] += batch_tokens(inputs)
+            self.counter.local[1] += int((inputs["labels"] != -100).sum())
             return super().training_step(model, inputs, num_items_in_batch)
+
+        def log(self, logs, *args, **kwargs):
+            if "loss" in logs:  # every rank logs the same steps: token counts become sums over ranks
+                self.counter.sync(lambda values: distributed.sum_over_ranks(self, values))
+            super().log(logs, *args, **kwargs)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if not (self.skip_prompt_logits and model.training and not return_outputs):
@@ -155,73 +185,118 @@ def make_trainer_class():
             from chattune.train.loss import masked_lm_loss
 
             self.loss_is_scaled_for_ga = num_items_in_batch is not None  # sum / items of the whole step
-            return masked_lm_loss(model, inputs, num_items_in_batch)
+            # several processes: x ranks, as transformers' compute_loss does for token-averaged losses
+            return masked_lm_loss(model, inputs, num_items_in_batch) * distributed.token_average_scale(
+                self, num_items_in_batch)
 
     CountingTrainer.skip_prompt_logits = False
     return CountingTrainer
 
 
-def train(cfg: RunConfig, console: Console | None = None) -> TrainOutcome:
-    """Train per `cfg`; write and return the run dir (with the in-memory model)."""
+def train(cfg: RunConfig, console: Console | None = None, resume: str | None = None) -> TrainOutcome:
+    """Train per `cfg`; write and return the run dir (with the in-memory model).
+
+    `resume`: "auto" or a checkpoint/run dir path to continue (train/resume.py). A first
+    SIGINT/SIGTERM saves a checkpoint and raises TrainingInterrupted (train/interrupt.py).
+    """
     from transformers import set_seed
 
     from chattune.train.callbacks import MetricsLogger
-    from chattune.train.monitor import build_monitoring, check_monitoring
+    from chattune.train.interrupt import StopOnSignal
+    from chattune.train.monitor import build_monitoring, check_monitoring, wants_eval_loop
+    from chattune.train.resume import CheckpointState, logged_mean_loss, plan_resume, restore_run
 
-    console = console or Console(stderr=True)
-    run_path = prepare_run_dir(cfg)
+    console = distributed.rank_console(console)  # several processes: only rank 0 prints
+    plan = plan_resume(cfg, resume) if resume else None  # refuses a changed config before anything loads
+    cfg = plan.cfg if plan else cfg
+    device = pick_device(cfg.train.device)
+    distributed.check_engine(cfg, wants_eval_loop(cfg), device)
+    distributed.join(device)
+    # created by rank 0, same path on every rank; a resume reuses the existing run dir
+    run_path = distributed.shared_run_dir(lambda c: prepare_run_dir(c, resuming=plan is not None), cfg)
     console.print(f"[bold]run dir[/] {run_path}")
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model)
     data = prepare_data(cfg, tokenizer, console)
     report_data(data.stats, console)
+    if plan:
+        plan.check_data(data.stats)
     check_monitoring(cfg, bool(data.eval))
-    device = pick_device(cfg.train.device)
     precision = pick_precision(cfg.train.precision, device)
-    base = load_base_model(cfg.model, dtype=base_weight_dtype(cfg.train, precision), device=device)
-    model = attach_lora(base, cfg.lora)
+    args = build_training_args(cfg, run_path, precision, device, bool(data.eval))  # before the model: ZeRO-3 shards at load
+    adalora_steps = preflight(cfg, device, len(data.train), console)  # optimizer, targets, AdaLoRA schedule
+    base = load_base_model(cfg.model, dtype=base_weight_dtype(cfg.train, precision), device=device,
+                           compute_dtype=compute_dtype(precision))
+    base = prepare_for_training(base, cfg.train.gradient_checkpointing)  # model.quantize: peft's k-bit prep
+    init_dir = run_path / INIT_ADAPTER if distributed.is_main() else None  # PiSSA/OLoRA: converts saved adapters
+    model = attach_lora(base, cfg.lora, total_steps=adalora_steps, init_dir=init_dir)
     trainable, total = count_parameters(model)
     console.print(
-        f"[bold]LoRA[/] r={cfg.lora.r} on {sorted(model.peft_config['default'].target_modules)}: "
+        f"[bold]{cfg.lora.method}[/] r={cfg.lora.r} on {sorted(model.peft_config['default'].target_modules)}: "
         f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); "
         f"device {device}, precision {precision}"
     )
+    lora_in_autocast_dtype(model, precision)  # no fp32 copies of adapter inputs under bf16 autocast
+    checkpoints = cfg.train.keep_checkpoints + 1 if cfg.train.save_every else 1  # +1 while rotating; 1: on Ctrl-C
+    rundir.check_free_space(run_path, rundir.estimated_size(trainable, checkpoints))  # now, not at the first save
     counter = TokenCounter()
     metrics = MetricsLogger(run_path / rundir.METRICS, counter)
     monitoring = build_monitoring(cfg, run_path, tokenizer, data.eval_conversations, metrics)
+    progress, stopper = CheckpointState(cfg, counter, data.stats, monitoring.eval_loop), StopOnSignal()
+    if plan:
+        restore_run(plan, progress, metrics)  # metrics.jsonl cut back to the checkpoint, counters restored
+        console.print(f"[bold]resuming[/] from {plan.checkpoint or 'step 0 (no checkpoint yet)'}")
     trainer = make_trainer_class()(
         model=model,
-        args=build_training_args(cfg, run_path, precision, device, bool(data.eval)),
+        args=args,
         train_dataset=data.train,
         eval_dataset=data.eval or None,
         data_collator=collator_for(cfg.train, tokenizer, model),
-        callbacks=[metrics, *monitoring.callbacks],
+        callbacks=[metrics, *monitoring.callbacks, stopper, *method_callbacks(cfg.lora)],
     )
+    trainer.progress, trainer.keep_checkpoints = progress, cfg.train.keep_checkpoints
     trainer.counter = counter
-    trainer.skip_prompt_logits = cfg.train.skip_prompt_logits
-    started = time.perf_counter()
+    # AdaLoRA adds its orthogonality penalty to the loss the model computes itself
+    trainer.skip_prompt_logits = cfg.train.skip_prompt_logits and cfg.lora.method != "adalora"
+    progress.start()
     monitoring.start(cfg)
     try:
-        result = trainer.train()
+        with stopper.handling_signals():
+            result = trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan and plan.checkpoint else None)
+        stopper.raise_if_stopped(run_path)
+        counter.sync(lambda values: distributed.sum_over_ranks(trainer, values))
         best = monitoring.keep_best(model, run_path, trainer.state.global_step)
     except BaseException:
         monitoring.close(failed=True)
         raise
     monitoring.close()
-    seconds = time.perf_counter() - started
-    summary = save_run(run_path, cfg, model, tokenizer, data.stats, metrics.records, result, seconds, counter)
-    if best:
-        summary["in_training_eval"] = best
-        rundir.write_json_atomic(run_path / rundir.SUMMARY, summary)
-        console.print(f"[bold]best {best['metric']}[/] {best['best']:.4f} at step {best['best_step']}: {best['adapter']}")
+    seconds = progress.seconds()  # a resumed run: wall time of every session
+    if plan and plan.checkpoint:  # the Trainer's training_loss covers only this session's steps
+        result = result._replace(training_loss=logged_mean_loss(metrics.records) or result.training_loss)
+    state_dict = distributed.full_state_dict(trainer)  # FSDP / DeepSpeed: every rank helps gather the weights
+    digests = distributed.rank_adapter_digests(model, cfg.train)  # several processes: one per rank, all equal
+    summary = {}
+    if distributed.is_main():  # the run dir is written once, by rank 0
+        summary = save_run(run_path, cfg, model, tokenizer, data.stats, metrics.records, result, seconds, counter,
+                           state_dict=state_dict)
+        if digests:
+            summary["rank_adapter_sha256"] = digests
+            if len(set(digests)) > 1:
+                console.print("[yellow]warning[/]: the processes ended with different adapters (see summary.json)")
+        if best:
+            summary["in_training_eval"] = best
+            console.print(f"[bold]best {best['metric']}[/] {best['best']:.4f} at step {best['best_step']}: {best['adapter']}")
+        if digests or best:
+            rundir.write_json_atomic(run_path / rundir.SUMMARY, summary)
+    distributed.barrier()  # every rank returns once the run dir is complete
     console.print(f"[green]saved[/] {run_path}  ({seconds:.0f} s, mean loss {result.training_loss:.4f})")
     return TrainOutcome(run_path, model, summary)
 
 
-def save_run(run_path, cfg, model, tokenizer, stats, records, result, seconds, counter) -> dict:
+def save_run(run_path, cfg, model, tokenizer, stats, records, result, seconds, counter, state_dict=None) -> dict:
     from chattune.train.plots import plot_loss
 
-    rundir.save_dir_atomic(run_path / rundir.ADAPTER, model.save_pretrained)
+    rundir.save_dir_atomic(run_path / rundir.ADAPTER, lambda out: adapter_writer(model)(out, state_dict=state_dict))
     rundir.save_dir_atomic(run_path / rundir.TOKENIZER, tokenizer.save_pretrained)
     rundir.write_text_atomic(run_path / rundir.TEMPLATE, tokenizer.chat_template or "")
     rundir.write_text_atomic(run_path / rundir.CONFIG, cfg.to_yaml())
@@ -232,9 +307,10 @@ def save_run(run_path, cfg, model, tokenizer, stats, records, result, seconds, c
         "final_loss": next((r["loss"] for r in reversed(records) if "loss" in r), None),
         "final_eval_loss": next((r["eval_loss"] for r in reversed(records) if "eval_loss" in r), None),
         "seconds": round(seconds, 2),
-        "tokens": counter.tokens,
+        "tokens": counter.tokens,  # tokens and tokens_per_s: sums over all `processes`
         "trained_tokens": counter.trained_tokens,
         "tokens_per_s": round(counter.tokens / max(seconds, 1e-9), 1),
+        "processes": distributed.world_size(),
     }
     rundir.write_json_atomic(run_path / rundir.SUMMARY, summary)
     plot_loss(records, run_path / rundir.LOSS_PLOT, title=f"{cfg.name}: loss")

@@ -1,0 +1,104 @@
+"""Pre-flight checks and Trainer hooks for adapter methods, quantization and optimizers.
+
+`preflight` runs after the data is read and before any weights load: bitsandbytes is present
+when asked for, train.optim steps on this device, explicit lora.targets exist in the model's
+module tree (read from its config on the meta device), and AdaLoRA's schedule fits the run's
+optimizer steps. AdaLoRA then needs `update_and_allocate(step)` after every optimizer step and
+before the gradients are zeroed; transformers' Trainer does not call it, `AdaLoraBudget` does.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from transformers import TrainerCallback
+
+from chattune.config import ConfigError
+from chattune.model.quant import require_bitsandbytes
+
+TORCH_OPTIMIZERS = {"adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop"}
+
+
+def total_optimizer_steps(train_cfg, n_examples: int, world_size: int | None = None) -> int:
+    """Optimizer steps of a run, counted the way transformers' Trainer counts them."""
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    batches = math.ceil(n_examples / (train_cfg.batch_size * world))
+    per_epoch = max(batches // train_cfg.grad_accum + int(batches % train_cfg.grad_accum > 0), 1)
+    return train_cfg.max_steps if train_cfg.max_steps > 0 else math.ceil(train_cfg.epochs * per_epoch)
+
+
+def preflight(cfg, device: str, n_examples: int, console=None) -> int | None:
+    """Refuse what cannot run before weights load; returns AdaLoRA's total steps (else None)."""
+    if cfg.model.quantize != "none":
+        require_bitsandbytes(f"model.quantize={cfg.model.quantize}")
+    note = check_optimizer(cfg.train.optim, device)
+    if note and console:
+        console.print(f"[yellow]note[/]: {note}")
+    if cfg.lora.targets != "all-linear":
+        from chattune.model.adapters import resolve_targets
+        from chattune.model.load import model_skeleton
+
+        try:
+            resolve_targets(model_skeleton(cfg.model), cfg.lora.targets)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    if cfg.lora.method != "adalora":
+        return None
+    steps = total_optimizer_steps(cfg.train, n_examples)
+    check_adalora_schedule(cfg.lora, steps)
+    return steps
+
+
+def check_adalora_schedule(lora_cfg, steps: int) -> None:
+    if lora_cfg.adalora_tinit >= steps - lora_cfg.adalora_tfinal:
+        raise ConfigError(
+            f"lora.adalora_tinit={lora_cfg.adalora_tinit} + lora.adalora_tfinal={lora_cfg.adalora_tfinal} leave no "
+            f"step of this run's {steps} optimizer steps for AdaLoRA to reallocate ranks; lower them or train longer"
+        )
+
+
+def check_optimizer(name: str, device: str) -> str | None:
+    """Step train.optim once on a small tensor on `device`; a note for paged optimizers on CPU."""
+    if name in TORCH_OPTIMIZERS:
+        return None
+    require_bitsandbytes(f"train.optim={name}")
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    try:
+        args = TrainingArguments(output_dir="unused", optim=name, use_cpu=device == "cpu", report_to="none")
+        optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+        param = torch.nn.Parameter(torch.zeros(64, 128, device=device))  # >= 4096 values: the 8-bit path
+        optimizer = optimizer_cls([param], **kwargs)
+        param.grad = torch.ones_like(param)
+        optimizer.step()
+    except Exception as err:  # bitsandbytes raises many kinds; all mean "not on this device"
+        raise ConfigError(
+            f"train.optim={name} cannot run on {device} with the installed bitsandbytes "
+            f"({type(err).__name__}: {err}); use adamw_torch"
+        ) from None
+    if "paged" in name and device == "cpu":
+        return f"train.optim={name}: paging only exists on CUDA; on CPU bitsandbytes runs it unpaged"
+    return None
+
+
+class AdaLoraBudget(TrainerCallback):
+    """Calls AdaLoRA's `update_and_allocate` after each optimizer step, before zero_grad."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        config = model.peft_config[model.active_adapter]
+        if state.max_steps and state.max_steps != config.total_step:  # the Trainer's count wins
+            if config.tinit >= state.max_steps - config.tfinal:
+                raise ValueError(
+                    f"AdaLoRA: the run has {state.max_steps} optimizer steps, too few for "
+                    f"lora.adalora_tinit={config.tinit} and lora.adalora_tfinal={config.tfinal}"
+                )
+            model.base_model.rankallocator.set_total_step(state.max_steps)
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        model.base_model.update_and_allocate(state.global_step)  # global_step: steps done before this one
+
+
+def method_callbacks(lora_cfg) -> list:
+    return [AdaLoraBudget()] if lora_cfg.method == "adalora" else []

@@ -1,0 +1,226 @@
+"""Plan and restore a resumed run: find the checkpoint, refuse a changed config or data, trim metrics.
+
+`--resume auto` continues the newest complete checkpoint of the config's run_dir; when that
+run dir has no checkpoint and no finished adapter yet (a crash before the first save) it
+starts from step 0 there, so a job script can always pass `--resume auto`. `--resume PATH`
+takes a checkpoint folder or a run dir. The Trainer restores weights, optimizer, scheduler,
+RNG and data position itself (`trainer.train(resume_from_checkpoint=...)`); this module adds
+chattune's part: token counters, wall time, the in-training eval's best adapter, and
+metrics.jsonl cut back to the checkpoint's step so no step is logged twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chattune import rundir
+from chattune.config import ConfigError, RunConfig
+from chattune.train.checkpoints import (
+    CHECKPOINTS,
+    REQUIRED,
+    STATE,
+    checkpoint_step,
+    clean_staging,
+    drop_after,
+    is_complete,
+    latest_checkpoint,
+)
+from chattune.train.distributed import is_main
+
+BEST_ADAPTER = "eval_best_adapter.safetensors"
+# Keys that may differ between the run dir and the config given to --resume: they change
+# where files go, how long training runs (the lr schedule follows the new length from the
+# resumed step on), how often it saves/logs, or which tracker sees it, never the math so far.
+ALLOWED_CHANGES = (
+    "run_dir", "output_dir", "train.epochs", "train.max_steps", "train.save_every", "train.keep_checkpoints",
+    "train.logging_steps", "train.device", "train.compile", "train.tracking", "train.swanlab_mode",
+    "train.swanlab_project",
+)
+
+
+class ResumeError(ConfigError):
+    """--resume cannot continue this run as asked."""
+
+
+@dataclass
+class ResumePlan:
+    run_dir: Path
+    checkpoint: Path | None  # None: nothing saved yet, start from step 0 in run_dir
+    cfg: RunConfig  # the given config, run_dir filled in
+    state: dict = field(default_factory=dict)  # the checkpoint's chattune_state.json
+
+    @property
+    def step(self) -> int:
+        return checkpoint_step(self.checkpoint) if self.checkpoint else 0
+
+    def check_data(self, stats: dict) -> None:
+        """Refuse when the tokenized training data differs from what the checkpoint trained on."""
+        before = (self.state.get("data_stats") or {}).get("train")
+        now = stats.get("train")
+        keys = ("examples", "tokens", "trained_tokens")
+        if before and now and any(before.get(k) != now.get(k) for k in keys):
+            change = ", ".join(f"{k} {before.get(k)} -> {now.get(k)}" for k in keys if before.get(k) != now.get(k))
+            raise ResumeError(
+                f"{self.checkpoint}: the training data changed since this checkpoint ({change}); an exact "
+                "resume needs the same data, or start a new run without --resume"
+            )
+
+
+def plan_resume(cfg: RunConfig, value: str) -> ResumePlan:
+    """Where to continue from for --resume auto|PATH; checks the config before anything loads."""
+    run_dir, checkpoint = _locate(cfg, value)
+    cfg = cfg.model_copy(update={"run_dir": str(run_dir)})
+    if checkpoint is None:
+        return ResumePlan(run_dir, None, cfg)
+    state = json.loads((checkpoint / STATE).read_text(encoding="utf-8"))
+    check_same_config(checkpoint, state.get("config") or {}, cfg)
+    return ResumePlan(run_dir, checkpoint, cfg, state)
+
+
+def _locate(cfg: RunConfig, value: str) -> tuple[Path, Path | None]:
+    if value == "auto":
+        if not cfg.run_dir:
+            raise ResumeError(
+                "--resume auto needs the run dir to continue: add run_dir=RUN_DIR "
+                "(the 'run dir' printed when the run started), or pass --resume RUN_DIR"
+            )
+        run_dir = Path(cfg.run_dir)
+        checkpoint = latest_checkpoint(run_dir / CHECKPOINTS)
+        if checkpoint is None and (run_dir / rundir.ADAPTER).exists():
+            raise ResumeError(f"{run_dir}: a finished run without checkpoints (train.save_every was off); "
+                              "nothing to continue from")
+        return run_dir, checkpoint
+    path = Path(value)
+    if checkpoint_step(path) is not None:
+        if path.parent.name != CHECKPOINTS or not is_complete(path):
+            missing = [n for n in REQUIRED if not (path / n).is_file()]
+            raise ResumeError(f"--resume {value}: not a complete chattune checkpoint "
+                              f"(expected RUN_DIR/{CHECKPOINTS}/checkpoint-STEP; missing: {', '.join(missing) or '-'})")
+        run_dir, checkpoint = path.parent.parent, path
+    elif path.is_dir():
+        run_dir, checkpoint = path, latest_checkpoint(path / CHECKPOINTS)
+        if checkpoint is None:
+            raise ResumeError(f"--resume {value}: no complete checkpoint in {path / CHECKPOINTS}")
+    else:
+        raise ResumeError(f"--resume {value}: no such checkpoint or run dir")
+    if cfg.run_dir and Path(cfg.run_dir).resolve() != run_dir.resolve():
+        raise ResumeError(f"run_dir={cfg.run_dir} but --resume {value} belongs to the run dir {run_dir}; give one")
+    return run_dir, checkpoint
+
+
+def check_same_config(checkpoint: Path, saved: dict, cfg: RunConfig) -> None:
+    """Refuse, with the differing keys, a config that would not continue the same training."""
+    defaults = _flat(RunConfig().model_dump(mode="json"))  # keys added since the checkpoint: their defaults
+    before = {**defaults, **_flat(saved)}
+    now = _flat(cfg.model_dump(mode="json"))
+    differ = sorted(k for k in before.keys() | now.keys()
+                    if before.get(k) != now.get(k) and k not in ALLOWED_CHANGES)
+    if differ:
+        lines = [f"  - {k}: run has {before.get(k)!r}, given {now.get(k)!r}" for k in differ]
+        raise ResumeError(
+            f"{checkpoint}: the config differs from the run being resumed:\n" + "\n".join(lines)
+            + f"\nOnly these may change on resume: {', '.join(ALLOWED_CHANGES)}"
+        )
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def trim_metrics(path: Path, step: int) -> list[dict]:
+    """Keep the metrics records up to `step` (dropping a line cut by a crash) and rewrite the file."""
+    records = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                records.append(record)
+    if is_main():
+        rundir.write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return records
+
+
+@dataclass
+class CheckpointState:
+    """chattune's state in a checkpoint: token counters, wall time, eval best, config, data stats."""
+
+    cfg: RunConfig
+    counter: object  # .tokens, .trained_tokens
+    data_stats: dict
+    eval_loop: object | None = None
+    seconds_before: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def before_save(self, trainer) -> None:
+        """On every rank before a checkpoint: fold token counts not yet summed into the totals."""
+        if hasattr(self.counter, "sync"):
+            from chattune.train import distributed
+
+            self.counter.sync(lambda values: distributed.sum_over_ranks(trainer, values))
+
+    def write(self, folder: Path, step: int) -> None:
+        state = {
+            "step": step, "tokens": self.counter.tokens, "trained_tokens": self.counter.trained_tokens,
+            "seconds": round(self.seconds(), 3), "data_stats": self.data_stats,
+            "config": self.cfg.model_dump(mode="json"),
+        }
+        loop = self.eval_loop
+        if loop is not None:
+            t = loop.tracker
+            state["eval"] = {"best": t.best, "best_step": t.best_step, "since_best": t.since_best,
+                             "history": t.history, "stopped_early_at": loop.stopped_early_at}
+            if loop.best_state is not None:
+                from safetensors.torch import save_file
+
+                save_file(loop.best_state, str(folder / BEST_ADAPTER))
+        rundir.write_json_atomic(folder / STATE, state)  # last: marks chattune's part as complete
+
+    def restore(self, state: dict, folder: Path) -> None:
+        self.counter.tokens = state.get("tokens", 0)
+        self.counter.trained_tokens = state.get("trained_tokens", 0)
+        self.seconds_before = state.get("seconds", 0.0)
+        saved, loop = state.get("eval"), self.eval_loop
+        if loop is None or not saved:
+            return
+        t = loop.tracker
+        t.best, t.best_step, t.since_best = saved["best"], saved["best_step"], saved["since_best"]
+        t.history = [tuple(item) for item in saved["history"]]
+        loop.stopped_early_at = saved.get("stopped_early_at")
+        if (folder / BEST_ADAPTER).is_file():
+            from safetensors.torch import load_file
+
+            loop.best_state = load_file(str(folder / BEST_ADAPTER))
+
+
+def restore_run(plan: ResumePlan, progress: CheckpointState, metrics_logger) -> None:
+    """Cut metrics.jsonl back to the checkpoint, drop newer checkpoints and leftovers, restore counters."""
+    metrics_logger.records = trim_metrics(plan.run_dir / rundir.METRICS, plan.step)
+    if is_main():
+        clean_staging(plan.run_dir / CHECKPOINTS)
+        drop_after(plan.run_dir / CHECKPOINTS, plan.step)
+    if plan.checkpoint is not None:
+        progress.restore(plan.state, plan.checkpoint)
+
+
+def logged_mean_loss(records: list[dict]) -> float | None:
+    """Mean training loss over all logged steps (a resumed Trainer only knows its own part)."""
+    losses = [r["loss"] for r in records if "loss" in r]
+    return sum(losses) / len(losses) if losses else None
