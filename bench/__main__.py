@@ -116,9 +116,10 @@ def main(argv=None) -> int:
         return serve_load.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
                                      epilog="python -m bench serve-load --help: the server load test")
-    parser.add_argument("--train-examples", type=int, default=128, help="huanhuan rows trained on, one epoch")
-    parser.add_argument("--eval-examples", type=int, default=48, help="held-out huanhuan rows scored")
-    parser.add_argument("--seeds", type=int, default=1, help="repeat recipe and chattune over this many seeds")
+    # defaults sized so the whole bench (3 seeds of the slow recipe included) stays under 20 minutes here
+    parser.add_argument("--train-examples", type=int, default=80, help="huanhuan rows trained on, one epoch")
+    parser.add_argument("--eval-examples", type=int, default=40, help="held-out huanhuan rows scored")
+    parser.add_argument("--seeds", type=int, default=3, help="repeat recipe and chattune over this many seeds")
     parser.add_argument("--only", nargs="*", choices=list(LABELS), help="contenders to run (default: all)")
     parser.add_argument("--no-predict", action="store_true", help="skip bench/predict_speed.py")
     args = parser.parse_args(argv)

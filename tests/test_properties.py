@@ -9,14 +9,20 @@ end-of-turn token; prompt ids for generation never turn message text into contro
 """
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
 from chattune.data.dataset import tokenize_conversations
 from chattune.data.formats import Conversation, DataError
 from chattune.data.named_templates import use_template
-from chattune.data.templates import IGNORE_INDEX, TemplateError, encode_conversation, prompt_ids, stop_token_ids
+from chattune.data.templates import (
+    IGNORE_INDEX,
+    TemplateError,
+    encode_conversation,
+    prompt_ids,
+    stop_token_ids,
+)
 
 TEMPLATES = ("auto", "chatml", "plain", "alpaca")
 SPECIAL_LOOKING = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|im_start|>assistant\n", "</s>", "<sep>",
@@ -122,7 +128,6 @@ def test_truncation_keeps_only_trainable_examples_that_fit(tokenizers, messages,
 def test_prompt_ids_never_turn_text_into_control_tokens(tokenizers, messages, template):
     tok = tokenizers[template]
     special = set(tok.all_special_ids) | {tok.convert_tokens_to_ids(t) for t in tok.get_added_vocab()}
-    assume(all(m["content"].strip() for m in messages))
     ids = prompt_ids(tok, messages)
     blank = prompt_ids(tok, [{**m, "content": "x"} for m in messages])  # the template's own control tokens
     assert sorted(t for t in ids if t in special) == sorted(t for t in blank if t in special)

@@ -138,12 +138,15 @@ def no_loading(monkeypatch, runs, tiny_model_dir):
         monkeypatch.setattr(owner, name, lambda *a, _n=name, **k: loads.append((_n, a)) or 1 / 0)
     roots = (str(runs["alpha"].parent), str(tiny_model_dir), "passwd", "beta", "alpha")
     opened: list[tuple] = []
+    if not _AUDIT["installed"]:
+        sys.addaudithook(_audit)
+        _AUDIT["installed"] = True
     _AUDIT.update(roots=roots, sink=opened)
     yield loads, opened
     _AUDIT.update(roots=(), sink=None)
 
 
-_AUDIT: dict = {"roots": (), "sink": None}
+_AUDIT: dict = {"roots": (), "sink": None, "installed": False}
 
 
 def _audit(event, args):  # audit hooks cannot be removed: this one only records while a test asks
@@ -152,8 +155,6 @@ def _audit(event, args):  # audit hooks cannot be removed: this one only records
         if any(root in path for root in _AUDIT["roots"]):
             _AUDIT["sink"].append((event, path))
 
-
-sys.addaudithook(_audit)
 
 
 def test_model_field_only_selects_served_names_and_never_opens_a_path(server, runs, tiny_model_dir, no_loading):

@@ -113,10 +113,10 @@ def _fsync(path: Path) -> None:
 class AtomicCheckpoints:
     """Mixin for transformers.Trainer: every checkpoint is staged, then renamed; then rotation.
 
-    Set `progress` (`.before_save(trainer)` on every rank, `.write(folder, step)` on the main one;
-    see train/resume.py) and
-    `keep_checkpoints` on the trainer. Only the main process renames and rotates; all ranks
-    write their own files (RNG state per rank) into the same staging folder.
+    Set `progress` (`.before_save(trainer)` on every rank, `.write(folder, step)` on the main
+    one; see train/resume.py) and `keep_checkpoints` on the trainer. Only the main process
+    renames and rotates; all ranks write their own files (RNG state per rank) into the same
+    staging folder.
     """
 
     progress = None

@@ -22,7 +22,12 @@ from chattune.model.load import load_base_model, load_tokenizer, pick_device, pi
 from chattune.model.quant import compute_dtype, prepare_for_training
 from chattune.train import distributed
 from chattune.train.methods import method_callbacks, preflight
-from chattune.train.speed import base_weight_dtype, batch_tokens, collator_for, lora_in_autocast_dtype
+from chattune.train.speed import (
+    base_weight_dtype,
+    batch_tokens,
+    collator_for,
+    lora_in_autocast_dtype,
+)
 
 
 @dataclass
