@@ -32,6 +32,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench serve-load --seconds 60 --clients 50
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -103,16 +103,13 @@ def test_export_refuses_existing_output(tiny_run, tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
 
 
-def test_qlora_runs_are_refused_not_faked(tiny_run, monkeypatch):
-    from types import SimpleNamespace
+def test_quantized_runs_are_recognised_by_model_quantize():
+    """QLoRA runs merge into their dequantized base (tests/test_qlora.py)."""
+    from chattune.export.merge import is_quantized_run
 
-    from chattune.export import merge as merge_module
-
-    assert merge_module.is_quantized_run(SimpleNamespace(model=SimpleNamespace(quantization="nf4")))
-    assert not merge_module.is_quantized_run(SimpleNamespace(model=SimpleNamespace()))
-    monkeypatch.setattr(merge_module, "is_quantized_run", lambda cfg: True)
-    with pytest.raises(merge_module.ExportError, match="QLoRA"):
-        merge_module.load_run(tiny_run)
+    assert is_quantized_run(load_config(None, ["model.quantize=4bit"]))
+    assert is_quantized_run(load_config(None, ["model.quantize=8bit"]))
+    assert not is_quantized_run(load_config(None, []))
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16"])

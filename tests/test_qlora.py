@@ -55,7 +55,7 @@ def test_4bit_run_trains_the_adapter_on_a_4bit_base(qlora_run):
     assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n), "LoRA B moved from zero"
     records = [r for r in rundir.RunDir(qlora_run.run_dir).metrics() if "loss" in r]
     assert [r["step"] for r in records] == [1, 2] and all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
-    assert not model.get_base_model().is_gradient_checkpointing, "train.gradient_checkpointing=false is respected"
+    assert not model.get_base_model().is_activation_checkpointing, "train.gradient_checkpointing=false is respected"
 
 
 def test_4bit_adapter_reloads_and_reproduces_the_trained_model(qlora_run):
@@ -79,6 +79,20 @@ def test_chat_loads_a_qlora_run_dir_on_its_4bit_base(qlora_run):
     assert type(layer.base_layer).__name__ == "Linear4bit"
     reply = chat.reply([{"role": "user", "content": "Who are you?"}], GenerationSettings(max_new_tokens=4))
     assert isinstance(reply, str)
+
+
+def test_serve_keeps_a_qlora_run_off_a_full_precision_base(qlora_run, tmp_path):
+    """Two runs on one base share it in serve, unless one was trained on the 4-bit base."""
+    import shutil
+
+    from chattune.serve.registry import plan
+
+    plain = tmp_path / "plain"
+    shutil.copytree(qlora_run.run_dir, plain)
+    config = plain / rundir.CONFIG
+    config.write_text(config.read_text().replace("quantize: 4bit", "quantize: none"))
+    quantized, full = plan([str(qlora_run.run_dir), str(plain)])
+    assert quantized.base_key[0] == full.base_key[0] and quantized.base_key != full.base_key
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +134,28 @@ def test_export_merges_into_the_dequantized_base(strong_qlora_run, tmp_path, var
     assert (naive - reference).abs().max() > 1e-2, "merging into the unquantized base would not reproduce the run"
     report = json.loads((out / "export_report.json").read_text())["merged"]
     assert report["passed"] and report["max_logit_diff"] <= 1e-4 and report["greedy_agreement"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [("lora.method=adalora", "lora.adalora_target_r=4", "lora.adalora_tfinal=1", "train.max_steps=3"),
+     ("lora.method=dora", "train.gradient_checkpointing=true")],
+)
+def test_4bit_with_adalora_or_dora(tiny_model_dir, tmp_path, extra):
+    """Seed 001 trains AdaLoRA on a 4-bit Baichuan2; DoRA on 4 bits, with gradient checkpointing."""
+    from chattune.train.trainer import train
+
+    outcome = train(_cfg(tiny_model_dir, tmp_path / "run", "model.quantize=4bit", "data.eval_ratio=0", *extra))
+    model = outcome.model
+    assert torch.isfinite(torch.tensor(outcome.summary["final_loss"]))
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj
+    assert type(layer.base_layer).__name__ == "Linear4bit"
+    config = model.peft_config["default"]
+    if "lora.method=adalora" in extra:
+        kept = [int(torch.as_tensor(mask).sum()) for mask in config.rank_pattern.values()]
+        assert sum(kept) == 4 * len(kept) and min(kept) < 8, "the budget shrank from r=8 to 4 on average"
+    else:
+        assert config.use_dora and model.get_base_model().is_activation_checkpointing
 
 
 def test_8bit_run_trains(tiny_model_dir, tmp_path):

@@ -9,6 +9,7 @@ Layout of a run dir:
     metrics.jsonl        one JSON object per logged step (step, loss, lr, tokens/s, ...)
     loss.png             the loss curve
     summary.json         final numbers of the run
+    init_adapter/        lora.init=pissa/olora only: the initial adapter (model/adapters.py)
 All files are written to a temporary name and renamed, so a reader never sees half a file.
 """
 

@@ -3,7 +3,8 @@
 Order of work: load base + adapter -> measure it on held-out prompts -> merge in place
 (`merge_and_unload`, as seed 001 does) -> measure the merged model -> refuse unless the
 gate passes (or --force) -> write a standard HF folder (or a GGUF file, gguf_writer.py)
-atomically. Nothing is written when the gate refuses.
+atomically. Nothing is written when the gate refuses. A QLoRA run's base is loaded in 4/8 bits
+as in training and dequantized to fp32 before the adapter goes on, so the merge lands there.
 """
 
 from __future__ import annotations
@@ -51,9 +52,12 @@ def load_run(run_path: str | Path) -> LoadedRun:
     tokenizer = open_tokenizer(str(run.tokenizer), trust_remote_code=cfg.model.trust_remote_code)
     base = load_base_model(cfg.model, dtype=torch.float32, device="cpu")  # QLoRA: quantized as in training
     if is_quantized_run(cfg):
-        from chattune.model.quant import keep_standard_4bit_path
+        from chattune.model.quant import dequantize
 
-        keep_standard_4bit_path(base)  # measure the 4-bit layers as training computed them, keep them readable
+        # fp32 copies of the exact weights the 4/8-bit layers computed with: base + adapter on them is the
+        # trained model (bitsandbytes' 4-bit matmul is x @ dequantize(W)), and the merge adds the delta in
+        # fp32 (peft's merge into a 4-bit layer would re-quantize the sum)
+        base = dequantize(base)
     check_adapter_shapes(run.adapter, base)
     model = PeftModel.from_pretrained(base, str(run.adapter))
     model.eval()
@@ -83,19 +87,7 @@ def held_out_conversations(cfg, console=None) -> tuple[list[list[dict]], str]:
 
 
 def merge(loaded: LoadedRun) -> None:
-    """Fold the adapter into the base weights in place (seed 001: merge_and_unload).
-
-    QLoRA: peft would merge into the 4/8-bit layers and re-quantize the sum, losing most of the
-    delta; instead the base is dequantized to fp32 (the exact weights its layers computed with)
-    and the adapter, loaded again on it, is merged there.
-    """
-    if is_quantized_run(loaded.cfg):
-        from peft import PeftModel
-
-        from chattune.model.quant import dequantize
-
-        base = dequantize(loaded.model.unload())  # unload: the base without the adapter, unmerged
-        loaded.model = PeftModel.from_pretrained(base, str(loaded.run.adapter))
+    """Fold the adapter into the base weights in place (seed 001: merge_and_unload)."""
     loaded.model = loaded.model.merge_and_unload()
     loaded.model.eval()
 

@@ -11,9 +11,10 @@ Not here: AdaLoRA's per-step budget update (train/methods.py) and quantization (
 
 from __future__ import annotations
 
-import functools
 import warnings
 from pathlib import Path
+
+from chattune import rundir
 
 HEAD_NAMES = {"lm_head", "output", "embed_out", "score", "classifier"}
 LINEAR_TYPES = ("Linear4bit", "Linear8bitLt")  # bitsandbytes' layers (no import needed)
@@ -80,9 +81,7 @@ def attach_lora(model, lora_cfg, total_steps: int | None = None, init_dir: Path 
     from peft import get_peft_model
 
     targets = resolve_targets(model, lora_cfg.targets)
-    with warnings.catch_warnings():  # "PiSSA/OLoRA changes the base weights": saved adapters are converted
-        warnings.filterwarnings("ignore", message=r"(PiSSA|OLoRA) changes the base weights")
-        model = get_peft_model(model, peft_config(lora_cfg, targets, total_steps))
+    model = get_peft_model(model, peft_config(lora_cfg, targets, total_steps))
     if rewrites_base(lora_cfg) and init_dir is not None:
         save_initial_adapter(model, Path(init_dir))
     return model
@@ -92,7 +91,7 @@ def save_initial_adapter(model, init_dir: Path) -> None:
     config = model.peft_config["default"]
     chosen, config.init_lora_weights = config.init_lora_weights, True  # load back as weights, no new SVD
     try:
-        model.save_pretrained(str(init_dir))
+        rundir.save_dir_atomic(init_dir, model.save_pretrained)
     finally:
         config.init_lora_weights = chosen
     model.chattune_init_adapter = str(init_dir)
@@ -103,7 +102,13 @@ def adapter_writer(model):
     init_dir = getattr(model, "chattune_init_adapter", None)
     if init_dir is None:
         return model.save_pretrained
-    return functools.partial(model.save_pretrained, path_initial_model_for_weight_conversion=init_dir)
+
+    def write(folder, **kwargs):
+        with warnings.catch_warnings():  # "PiSSA changes the base weights": peft's warning while it converts
+            warnings.filterwarnings("ignore", message=r"(PiSSA|OLoRA) changes the base weights")
+            model.save_pretrained(folder, path_initial_model_for_weight_conversion=init_dir, **kwargs)
+
+    return write
 
 
 def count_parameters(model) -> tuple[int, int]:
