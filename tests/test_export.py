@@ -13,8 +13,7 @@ from chattune.config import load_config
 @pytest.fixture(scope="module")
 def tiny_run(varied_tiny_model_dir, tmp_path_factory):
     """A trained tiny run whose LoRA B weights are then made large, so the adapter matters."""
-    from safetensors.torch import load_file, save_file
-
+    from adapter_helpers import strengthen_adapter
     from chattune.train.trainer import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
@@ -24,13 +23,7 @@ def tiny_run(varied_tiny_model_dir, tmp_path_factory):
         "train.precision=fp32", "lora.dropout=0.0",
     ])
     train(cfg)
-    weights_file = run_dir / "adapter" / "adapter_model.safetensors"
-    weights = load_file(weights_file)
-    generator = torch.Generator().manual_seed(1)
-    for name, tensor in weights.items():
-        if "lora_B" in name:
-            weights[name] = torch.randn(tensor.shape, generator=generator) * 0.05
-    save_file(weights, weights_file)
+    strengthen_adapter(run_dir)
     return run_dir
 
 

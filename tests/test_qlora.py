@@ -100,17 +100,11 @@ def strong_qlora_run(qlora_run, tmp_path_factory):
     """qlora_run's dir with large LoRA B weights, so the adapter changes the outputs a lot."""
     import shutil
 
-    from safetensors.torch import load_file, save_file
+    from adapter_helpers import strengthen_adapter
 
     run_dir = tmp_path_factory.mktemp("runs") / "strong"
     shutil.copytree(qlora_run.run_dir, run_dir)
-    weights_file = run_dir / "adapter" / "adapter_model.safetensors"
-    weights = load_file(weights_file)
-    generator = torch.Generator().manual_seed(1)
-    for name, tensor in weights.items():
-        if "lora_B" in name:
-            weights[name] = torch.randn(tensor.shape, generator=generator) * 0.05
-    save_file(weights, weights_file)
+    strengthen_adapter(run_dir)
     return run_dir
 
 
