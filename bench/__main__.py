@@ -108,6 +108,19 @@ def predict_speed(work: Path) -> dict | None:
     return {"exit": done.returncode, "stdout": done.stdout[-4000:], "stderr": done.stderr[-2000:]}
 
 
+def machine() -> dict:
+    """What the numbers depend on: the CPU, whether it has fast bf16, the thread count."""
+    import platform
+
+    import torch
+
+    from chattune.model.load import cpu_has_fast_bf16
+
+    name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else ""
+    return {"cpu": name, "cores": os.cpu_count(), "fast_bf16": cpu_has_fast_bf16(), "torch": torch.__version__}
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["serve-load"]:
@@ -116,9 +129,10 @@ def main(argv=None) -> int:
         return serve_load.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
                                      epilog="python -m bench serve-load --help: the server load test")
-    # defaults sized so the whole bench (3 seeds of the slow recipe included) stays under 20 minutes here
-    parser.add_argument("--train-examples", type=int, default=80, help="huanhuan rows trained on, one epoch")
-    parser.add_argument("--eval-examples", type=int, default=40, help="held-out huanhuan rows scored")
+    # sized for the slowest machine seen (AVX2-only EPYC, fp32: the recipe trains ~27 tok/s there), so
+    # the whole bench with 3 seeds of the recipe stays near 20 minutes; use more rows where time allows
+    parser.add_argument("--train-examples", type=int, default=24, help="huanhuan rows trained on, one epoch")
+    parser.add_argument("--eval-examples", type=int, default=16, help="held-out huanhuan rows scored")
     parser.add_argument("--seeds", type=int, default=3, help="repeat recipe and chattune over this many seeds")
     parser.add_argument("--only", nargs="*", choices=list(LABELS), help="contenders to run (default: all)")
     parser.add_argument("--no-predict", action="store_true", help="skip bench/predict_speed.py")
@@ -135,7 +149,7 @@ def main(argv=None) -> int:
         predict = None if args.no_predict else predict_speed(work)
     if "recipe" in names:
         add_ratios(rows)
-    report = {"date": datetime.now().isoformat(timespec="seconds"), "args": vars(args), "rows": rows,
+    report = {"date": datetime.now().isoformat(timespec="seconds"), "machine": machine(), "args": vars(args), "rows": rows,
               "heldout_loss_spread": spread(rows), "predict_speed": predict,
               "total_seconds": round(time.perf_counter() - started, 1)}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -143,6 +157,7 @@ def main(argv=None) -> int:
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if any(r["tokens"] for r in rows):
         chart(rows, stem.with_suffix(".png"))
+    print(f"machine: {json.dumps(report['machine'])}")
     print(table(rows))
     if report["heldout_loss_spread"]:
         print("held-out loss over seeds:", json.dumps(report["heldout_loss_spread"]))

@@ -2,7 +2,7 @@
 
 Both run greedy on the same prompts with the built-in model (fp32, CPU) and must give
 identical outputs; the result is the wall-time ratio. Run: python -m bench.predict_speed
-[--prompts 64 --max-new-tokens 64 --batch-size 16]. CPU-bound: other work on the machine
+[--prompts 64 --max-new-tokens 64 --batch-size 64]. CPU-bound: other work on the machine
 changes the absolute numbers, so both loops run back to back in one process.
 """
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
     result = run(args.prompts, args.max_new_tokens, args.batch_size)
     print(

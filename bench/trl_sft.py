@@ -2,12 +2,16 @@
 
 Defaults of TRL 1.16's SFTConfig are kept (lr 2e-5, batch 8, bf16, gradient checkpointing,
 padding, no packing, max_length 1024); only the output, the epoch count, the seed and
-logging/saving are set. Rows are given as conversational prompt/completion pairs, so TRL's
+logging/saving are set, and one thing the CPU forces: TRL's bf16 default assumes bf16
+hardware, so on a CPU without AMX/AVX512-BF16 (where chattune picks fp32) bf16 is turned
+off too (as shipped it trained at ~5 tok/s on an AVX2-only EPYC, see bench/README.md);
+`CHATTUNE_BENCH_TRL_AS_SHIPPED=1` keeps bf16 on regardless. Rows are given as conversational prompt/completion pairs, so TRL's
 default loss covers the completion (the answer and its end-of-turn) like the others.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 from bench.common import LORA_ALPHA, LORA_DROPOUT, LORA_R, SYSTEM, TARGETS
@@ -26,8 +30,11 @@ def run(model_path: str, train_rows: list[dict], out_dir: str, seed: int) -> dic
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
+    from chattune.model.load import cpu_has_fast_bf16
+
+    bf16 = cpu_has_fast_bf16() or os.environ.get("CHATTUNE_BENCH_TRL_AS_SHIPPED") == "1"
     args = SFTConfig(output_dir=out_dir, num_train_epochs=1, seed=seed, data_seed=seed,
-                     save_strategy="no", report_to="none", use_cpu=True)
+                     save_strategy="no", report_to="none", use_cpu=True, bf16=bf16)
     peft_config = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
                              target_modules=TARGETS, task_type="CAUSAL_LM")
     dataset = Dataset.from_list([to_prompt_completion(r) for r in train_rows])
@@ -44,5 +51,5 @@ def run(model_path: str, train_rows: list[dict], out_dir: str, seed: int) -> dic
         "seconds": seconds,
         "tokens": sum(len(x) for x in data["input_ids"]),
         "trained_tokens": trained,
-        "model": trainer.model, "tokenizer": trainer.processing_class,
+        "model": trainer.model, "tokenizer": trainer.processing_class, "precision": "bf16" if bf16 else "fp32",
     }

@@ -121,6 +121,20 @@ def test_precision_auto_follows_cpu_capability(monkeypatch, fast_bf16, expected)
     assert load.pick_precision("bf16", "cpu") == "bf16"
 
 
+@pytest.mark.parametrize(("fast_bf16", "precision", "device", "warns"), [
+    (False, "bf16", "cpu", True), (False, "fp16", "cpu", True), (False, "fp32", "cpu", False),
+    (True, "bf16", "cpu", False), (False, "bf16", "cuda", False),
+])
+def test_forced_bf16_on_a_cpu_without_it_warns(monkeypatch, fast_bf16, precision, device, warns):
+    from chattune.model import load
+
+    monkeypatch.setattr(load, "cpu_has_fast_bf16", lambda: fast_bf16)
+    warning = load.slow_precision_warning(precision, device)
+    assert (warning is not None) == warns
+    if warns:
+        assert f"train.precision={precision}" in warning and "fp32" in warning
+
+
 def test_cpu_bf16_detection_reads_torch_flags(monkeypatch):
     from chattune.model import load
 

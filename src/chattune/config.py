@@ -176,6 +176,10 @@ class TrainConfig(_Section):
         "auto", description="dtype of the frozen base weights; auto: bf16 when train.precision is bf16, else fp32"
     )
     compile: bool = Field(False, description="torch.compile the model (pays minutes of compile; long runs only)")
+    mmap_threshold_kb: int = Field(
+        0, ge=0, description="glibc: tensors above this many KiB get their own mapping, so freed activations leave RSS "
+        "(lower peak RSS, fewer tokens/s: train/memory.py); 0 keeps the C library's default"
+    )
     # tracking and in-training evaluation (issue 5)
     tracking: Literal["none", "swanlab", "tensorboard"] | list[Literal["none", "swanlab", "tensorboard"]] = Field(
         "none", description="experiment tracker(s), logged inside the run dir: none, swanlab, tensorboard or a list"

@@ -82,6 +82,14 @@ def pick_precision(preference: str, device: str) -> str:
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
+def slow_precision_warning(precision: str, device: str) -> str | None:
+    """A warning when bf16/fp16 is forced on a CPU that only emulates it (measured ~100x slower)."""
+    if device != "cpu" or precision not in ("bf16", "fp16") or cpu_has_fast_bf16():
+        return None
+    return (f"train.precision={precision} on a CPU without AMX/AVX512-BF16: {precision} matmuls are emulated here "
+            "(a bf16 training step ran ~100x slower than fp32 on an AVX2-only CPU); train.precision=auto picks fp32")
+
+
 def model_skeleton(model_cfg):
     """The model's module tree on the meta device, read from its config without loading weights."""
     import torch

@@ -18,7 +18,13 @@ from chattune.data.dataset import tokenize_conversations
 from chattune.data.lint import add_skipped, lint_data, nothing_to_train
 from chattune.data.templates import stop_token_ids
 from chattune.model.adapters import INIT_ADAPTER, adapter_writer, attach_lora, count_parameters
-from chattune.model.load import load_base_model, load_tokenizer, pick_device, pick_precision
+from chattune.model.load import (
+    load_base_model,
+    load_tokenizer,
+    pick_device,
+    pick_precision,
+    slow_precision_warning,
+)
 from chattune.model.quant import compute_dtype, prepare_for_training
 from chattune.train import distributed
 from chattune.train.methods import method_callbacks, preflight
@@ -208,6 +214,7 @@ def train(cfg: RunConfig, console: Console | None = None, resume: str | None = N
 
     from chattune.train.callbacks import MetricsLogger
     from chattune.train.interrupt import StopOnSignal
+    from chattune.train.memory import release_freed_tensors
     from chattune.train.monitor import build_monitoring, check_monitoring, wants_eval_loop
     from chattune.train.resume import CheckpointState, logged_mean_loss, plan_resume, restore_run
 
@@ -221,6 +228,7 @@ def train(cfg: RunConfig, console: Console | None = None, resume: str | None = N
     run_path = distributed.shared_run_dir(lambda c: prepare_run_dir(c, resuming=plan is not None), cfg)
     console.print(f"[bold]run dir[/] {run_path}")
     set_seed(cfg.seed)
+    release_freed_tensors(cfg.train.mmap_threshold_kb)  # opt-in; before the weights load
     tokenizer = load_tokenizer(cfg.model)
     data = prepare_data(cfg, tokenizer, console)
     report_data(data.stats, console)
@@ -228,6 +236,8 @@ def train(cfg: RunConfig, console: Console | None = None, resume: str | None = N
         plan.check_data(data.stats)
     check_monitoring(cfg, bool(data.eval))
     precision = pick_precision(cfg.train.precision, device)
+    if warning := slow_precision_warning(precision, device):
+        console.print(f"[yellow]warning[/]: {warning}")
     args = build_training_args(cfg, run_path, precision, device, bool(data.eval))  # before the model: ZeRO-3 shards at load
     adalora_steps = preflight(cfg, device, len(data.train), console)  # optimizer, targets, AdaLoRA schedule
     base = load_base_model(cfg.model, dtype=base_weight_dtype(cfg.train, precision), device=device,
