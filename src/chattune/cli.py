@@ -162,7 +162,7 @@ def _add_predict_parser(sub) -> None:
     predict.add_argument("target", help="run dir or model")
     predict.add_argument("--data", required=True, help="JSON or JSONL file of rows")
     predict.add_argument("--out", required=True, help="output JSONL file (written atomically)")
-    predict.add_argument("--batch-size", type=int, default=64, help="prompts per batch (default 64: 6.9x seed 002's loop, bench/README.md)")
+    predict.add_argument("--batch-size", type=int, default=64, help="prompts per batch (default 64, the fastest measured: bench/README.md)")
     _add_generation_flags(predict)
 
 
