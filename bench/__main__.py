@@ -108,17 +108,23 @@ def predict_speed(work: Path) -> dict | None:
     return {"exit": done.returncode, "stdout": done.stdout[-4000:], "stderr": done.stderr[-2000:]}
 
 
-def machine() -> dict:
-    """What the numbers depend on: the CPU, whether it has fast bf16, the thread count."""
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
     import platform
 
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor()
+
+
+def machine() -> dict:
+    """What the numbers depend on: the CPU, its core count, whether it has fast bf16, torch."""
     import torch
 
     from chattune.model.load import cpu_has_fast_bf16
 
-    name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else ""
-    return {"cpu": name, "cores": os.cpu_count(), "fast_bf16": cpu_has_fast_bf16(), "torch": torch.__version__}
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "fast_bf16": cpu_has_fast_bf16(), "torch": torch.__version__}
 
 
 def main(argv=None) -> int:

@@ -12,6 +12,8 @@ import argparse
 import sys
 import time
 
+from chattune.infer.predict import PREDICT_BATCH_SIZE
+
 BUILTIN = "builtin:smollm2-135m-instruct"
 
 
@@ -40,7 +42,7 @@ def benchmark_prompts(count: int) -> list[list[dict]]:
     return [[{"role": "user", "content": text}] for text in prompts[:count]]
 
 
-def run(prompts: int = 64, max_new_tokens: int = 64, batch_size: int = 16, target: str = BUILTIN) -> dict:
+def run(prompts: int = 64, max_new_tokens: int = 64, batch_size: int = PREDICT_BATCH_SIZE, target: str = BUILTIN) -> dict:
     import torch
 
     from chattune.infer.chat import ChatModel, GenerationSettings
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=PREDICT_BATCH_SIZE)
     args = parser.parse_args(argv)
     result = run(args.prompts, args.max_new_tokens, args.batch_size)
     print(

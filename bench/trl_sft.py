@@ -5,8 +5,9 @@ padding, no packing, max_length 1024); only the output, the epoch count, the see
 logging/saving are set, and one thing the CPU forces: TRL's bf16 default assumes bf16
 hardware, so on a CPU without AMX/AVX512-BF16 (where chattune picks fp32) bf16 is turned
 off too (as shipped it trained at ~5 tok/s on an AVX2-only EPYC, see bench/README.md);
-`CHATTUNE_BENCH_TRL_AS_SHIPPED=1` keeps bf16 on regardless. Rows are given as conversational prompt/completion pairs, so TRL's
-default loss covers the completion (the answer and its end-of-turn) like the others.
+`CHATTUNE_BENCH_TRL_AS_SHIPPED=1` keeps bf16 on regardless. Rows are given as
+conversational prompt/completion pairs, so TRL's default loss covers the completion (the
+answer and its end-of-turn) like the others.
 """
 
 from __future__ import annotations
