@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.chattune-installed
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench bench-serve clean
 
 install: $(STAMP)
 
@@ -30,8 +30,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# issue 6's side-by-side (recipe vs TRL vs chattune, predict speed); bench/README.md
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# the server load test (50 streaming clients for 60 s); bench/README.md
+bench-serve: $(STAMP)
 	$(BIN)/python -m bench serve-load --seconds 60 --clients 50
 
 lint: $(STAMP)

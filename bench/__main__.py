@@ -33,7 +33,7 @@ def run_child(name: str, seed: int, args, work: Path) -> dict:
     """Run one contender; its whole-process peak RSS comes from wait4's rusage."""
     out = work / f"{name}-{seed}"
     cmd = [sys.executable, "-m", "bench.child", name, "--seed", str(seed), "--train", str(args.train_examples),
-           "--eval", str(args.eval_examples), "--out", str(out)]
+           "--eval", str(args.eval_examples), "--out", str(out), *[f"--set={item}" for item in args.set]]
     started = time.perf_counter()
     log = (work / f"{name}-{seed}.log").open("w")
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True)
@@ -60,12 +60,13 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| contender | seed | real tok/s | trained tok/s | peak RSS MB (train / process) | held-out loss "
-            "| tokens / trained | speed vs (a) | RSS vs (a) |\n|---|---|---|---|---|---|---|---|---|")
+    head = ("| contender | seed | precision | real tok/s | trained tok/s | peak RSS MB (train / process) | held-out loss "
+            "| tokens / trained | speed vs (a) | RSS vs (a) |\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         lines.append(
-            f"| {LABELS[r['name']]} | {r['seed']} | {r['tokens_per_s'] or '-'} | {r['trained_tokens_per_s'] or '-'} "
+            f"| {LABELS[r['name']]} | {r['seed']} | {r.get('precision', '-')} | {r['tokens_per_s'] or '-'} "
+            f"| {r['trained_tokens_per_s'] or '-'} "
             f"| {r['train_peak_rss_mb']:.0f} / {r['process_peak_rss_mb']:.0f} | {r['heldout_loss']:.4f} "
             f"| {r['tokens']} / {r['trained_tokens']} | {r.get('speed_vs_recipe', '-')} | {r.get('rss_vs_recipe', '-')} |"
         )
@@ -142,6 +143,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="repeat recipe and chattune over this many seeds")
     parser.add_argument("--only", nargs="*", choices=list(LABELS), help="contenders to run (default: all)")
     parser.add_argument("--no-predict", action="store_true", help="skip bench/predict_speed.py")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="chattune config override for (c), e.g. train.micro_batch_tokens=0 (lever runs)")
     args = parser.parse_args(argv)
     names = args.only or ["recipe", "trl", "chattune", "base"]
     started = time.perf_counter()

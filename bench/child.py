@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -16,20 +17,22 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 CONTENDERS = ("recipe", "trl", "chattune", "base")
 
 
-def run_contender(name: str, model_path: str, train_rows, out_dir: str, seed: int) -> dict:
+def run_contender(name: str, model_path: str, train_rows, out_dir: str, seed: int, overrides=()) -> dict:
+    if name == "chattune":
+        from bench.chattune_run import run
+
+        return run(model_path, train_rows, out_dir, seed, overrides)
     if name == "recipe":
         from bench.seed_recipe import run
-    elif name == "trl":
-        from bench.trl_sft import run
     else:
-        from bench.chattune_run import run
+        from bench.trl_sft import run
     return run(model_path, train_rows, out_dir, seed)
 
 
 def base_only(model_path: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return {"seconds": 0.0, "tokens": 0, "trained_tokens": 0,
+    return {"seconds": 0.0, "tokens": 0, "trained_tokens": 0, "precision": "fp32",
             "model": AutoModelForCausalLM.from_pretrained(model_path), "tokenizer": AutoTokenizer.from_pretrained(model_path)}
 
 
@@ -45,14 +48,17 @@ def main(argv=None) -> None:
     parser.add_argument("--train", type=int, required=True)
     parser.add_argument("--eval", type=int, required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--set", action="append", default=[], help="chattune config override (KEY=VALUE)")
     args = parser.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     set_seed(args.seed)
     train_rows, eval_rows = split_rows(args.train, args.eval)
     path = model_dir()
-    result = base_only(path) if args.name == "base" else run_contender(args.name, path, train_rows, args.out, args.seed)
+    result = base_only(path) if args.name == "base" else run_contender(args.name, path, train_rows, args.out, args.seed, args.set)
     train_peak = peak_rss_mb()
+    scoring_started = time.perf_counter()
     loss = heldout_loss(result.pop("model"), result.pop("tokenizer"), eval_rows)
+    result["heldout_seconds"] = round(time.perf_counter() - scoring_started, 1)
     seconds = max(result["seconds"], 1e-9)
     result.update({
         "name": args.name, "seed": args.seed, "train_examples": len(train_rows), "eval_examples": len(eval_rows),

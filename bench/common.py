@@ -50,28 +50,27 @@ def model_dir() -> str:
     return resolve_model(MODEL)
 
 
-def heldout_loss(model, tokenizer, rows: list[dict], batch_size: int = 8) -> float:
-    """Mean CE over answer tokens incl. <|im_end|>; fp32, no dropout, same for all contenders."""
+def heldout_loss(model, tokenizer, rows: list[dict]) -> float:
+    """Mean CE over answer tokens incl. <|im_end|>; fp32, no dropout, same for all contenders.
+
+    One example per forward pass (no padding), vocabulary logits only where the next token
+    is scored (`logits_to_keep`): the same sum as full padded logits, at ~half the work.
+    """
     import torch
 
-    from chattune.data.collate import PadCollator
     from chattune.data.templates import encode_conversation, stop_token_ids
 
     stops = stop_token_ids(tokenizer)
     encoded = [encode_conversation(tokenizer, messages(r), stops) for r in rows]
-    examples = [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]
     model = model.float().eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            batch = PadCollator(tokenizer.pad_token_id)(examples[start:start + batch_size])
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-            labels = batch["labels"][:, 1:]
-            ce = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
-            )
-            total += float(ce)
-            count += int((labels != -100).sum())
+        for example in encoded:
+            ids, labels = torch.tensor([example.input_ids]), torch.tensor(example.labels[1:])
+            scored = (labels != -100).nonzero().flatten()  # position t predicts token t + 1
+            logits = model(input_ids=ids, use_cache=False, logits_to_keep=scored).logits[0].float()
+            total += float(torch.nn.functional.cross_entropy(logits, labels[scored], reduction="sum"))
+            count += scored.numel()
     return total / count
 
 

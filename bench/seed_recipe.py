@@ -74,5 +74,5 @@ def run(model_path: str, train_rows: list[dict], out_dir: str, seed: int) -> dic
         "seconds": seconds,
         "tokens": sum(len(x) for x in tokenized_id["input_ids"]),
         "trained_tokens": sum(sum(t != -100 for t in x) for x in tokenized_id["labels"]),
-        "model": model, "tokenizer": tokenizer,
+        "precision": "fp32", "model": model, "tokenizer": tokenizer,  # seed 000 sets neither bf16 nor fp16
     }

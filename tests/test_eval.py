@@ -3,6 +3,7 @@ early stopping and best-adapter selection (metric values scripted, selection log
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -93,8 +94,11 @@ class _ScriptedModel:
     def __init__(self, new_rows):
         self.new_rows = new_rows
 
+    def __call__(self, input_ids, **kwargs):  # the shared-prefix prefill (model/decode.py)
+        return SimpleNamespace(past_key_values=SimpleNamespace(batch_repeat_interleave=lambda n: None))
+
     def generate(self, input_ids, **kwargs):
-        return torch.cat([input_ids, torch.tensor(self.new_rows)], dim=1)
+        return SimpleNamespace(sequences=torch.cat([input_ids, torch.tensor(self.new_rows)], dim=1), past_key_values=None)
 
 
 def test_stopped_means_an_end_of_turn_token_was_generated(tokenizer):

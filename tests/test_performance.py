@@ -121,14 +121,17 @@ def test_precision_auto_follows_cpu_capability(monkeypatch, fast_bf16, expected)
     assert load.pick_precision("bf16", "cpu") == "bf16"
 
 
-@pytest.mark.parametrize(("fast_bf16", "precision", "device", "warns"), [
-    (False, "bf16", "cpu", True), (False, "fp16", "cpu", True), (False, "fp32", "cpu", False),
-    (True, "bf16", "cpu", False), (False, "bf16", "cuda", False),
+@pytest.mark.parametrize(("fast_bf16", "fast_fp16", "precision", "device", "warns"), [
+    (False, False, "bf16", "cpu", True), (False, False, "fp16", "cpu", True), (False, False, "fp32", "cpu", False),
+    (True, False, "bf16", "cpu", False), (False, False, "bf16", "cuda", False),
+    (True, False, "fp16", "cpu", True), (False, True, "fp16", "cpu", False), (False, True, "bf16", "cpu", True),
 ])
-def test_forced_bf16_on_a_cpu_without_it_warns(monkeypatch, fast_bf16, precision, device, warns):
+def test_forced_half_precision_on_a_cpu_without_it_warns(monkeypatch, fast_bf16, fast_fp16, precision, device, warns):
+    """Each half format is judged by its own units: bf16 by AMX/AVX512-BF16, fp16 by AMX-FP16."""
     from chattune.model import load
 
     monkeypatch.setattr(load, "cpu_has_fast_bf16", lambda: fast_bf16)
+    monkeypatch.setattr(load, "cpu_has_fast_fp16", lambda: fast_fp16)
     warning = load.slow_precision_warning(precision, device)
     assert (warning is not None) == warns
     if warns:

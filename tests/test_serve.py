@@ -308,3 +308,40 @@ def test_special_token_text_over_http_is_counted_as_text(client, registry, token
                                                     add_generation_prompt=True), add_special_tokens=False)
     safe = prompt_ids(chat.tokenizer, [{"role": "user", "content": content}], chat.system)
     assert answer.usage.prompt_tokens == len(safe) != len(naive["input_ids"])
+
+
+def test_a_full_queue_answers_503_and_the_queued_requests_still_complete(registry):
+    """max_queue=1: one request generating (held at the model lock), one waiting, the third is refused."""
+    from chattune.serve.app import create_app
+
+    app = create_app(registry, max_tokens=8, max_queue=1)
+    worker, lock = app.state.worker, registry.get("alpha").group.lock
+    queued = []
+    real_submit = worker.submit
+    worker.submit = lambda job: (real_submit(job), queued.append(job))[0]  # counted once in the queue (or not)
+    body = {"model": "alpha", "messages": HELLO, "max_tokens": 4, "temperature": 0}
+    answers: list = [None, None]
+
+    def send(i):
+        answers[i] = httpx.post(url + "/v1/chat/completions", json=body, timeout=120)
+
+    def wait_for(submitted: int, waiting: int) -> None:
+        deadline = time.monotonic() + 30
+        while len(queued) < submitted or worker.jobs.qsize() != waiting:
+            assert time.monotonic() < deadline, f"expected {submitted} submitted, {waiting} waiting"
+            time.sleep(0.02)
+
+    with running_server(app) as url:
+        with lock:  # the worker takes the first job and blocks on the model: the second one waits
+            threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
+            threads[0].start()
+            wait_for(1, 0)
+            threads[1].start()
+            wait_for(2, 1)
+            refused = httpx.post(url + "/v1/chat/completions", json=body, timeout=120)
+        for thread in threads:
+            thread.join(timeout=120)
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["code"] == "server_busy"
+    assert [a.status_code for a in answers] == [200, 200]
+    assert worker.stats.refused == 1

@@ -108,6 +108,6 @@ def test_openapi_is_complete_and_behind_the_key(app):
         assert client.get("/openapi.json").status_code == 401
         doc = client.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()
     chat = doc["paths"]["/v1/chat/completions"]["post"]["responses"]
-    assert set(chat) == {"200", "400", "401", "404", "413", "422"}
+    assert set(chat) == {"200", "400", "401", "404", "413", "422", "503"}
     assert set(chat["200"]["content"]) == {"application/json", "text/event-stream"}
     assert {"ChatCompletionChunk", "ErrorResponse", "ChatCompletion"} <= set(doc["components"]["schemas"])

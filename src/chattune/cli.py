@@ -118,6 +118,8 @@ def _add_serve_parser(sub) -> None:
     serve.add_argument("--port", type=int, default=8000, help="default 8000")
     serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: env CHATTUNE_API_KEY)")
     serve.add_argument("--max-tokens", type=int, default=512, help="cap on a reply's tokens (default 512)")
+    serve.add_argument("--max-queue", type=int, default=256,
+                       help="requests allowed to wait for the generator; more get 503 + Retry-After (default 256)")
     serve.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: auto")
 
 

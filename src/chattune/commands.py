@@ -224,16 +224,17 @@ def cmd_serve(args: Namespace) -> int:
     from chattune.serve.app import create_app
     from chattune.serve.registry import RegistryError, load_registry
 
-    if args.max_tokens < 1:
-        Console(stderr=True).print("[bold red]error:[/] --max-tokens must be at least 1")
-        return 2
+    for flag, value in (("--max-tokens", args.max_tokens), ("--max-queue", args.max_queue)):
+        if value < 1:
+            Console(stderr=True).print(f"[bold red]error:[/] {flag} must be at least 1")
+            return 2
     try:
         registry = load_registry(args.targets, device=pick_device(args.device))
     except RegistryError as err:
         Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
         return 2
     api_key = args.api_key or os.environ.get("CHATTUNE_API_KEY") or None
-    app = create_app(registry, api_key=api_key, max_tokens=args.max_tokens)
+    app = create_app(registry, api_key=api_key, max_tokens=args.max_tokens, max_queue=args.max_queue)
     Console(stderr=True).print(
         f"serving {', '.join(registry.names())} on http://{args.host}:{args.port}/ "
         f"({'API key required' if api_key else 'no API key'})", highlight=False)

@@ -172,6 +172,10 @@ class TrainConfig(_Section):
     skip_prompt_logits: bool = Field(
         True, description="compute LM-head logits only where the next token is trained (same loss, less work)"
     )
+    micro_batch_tokens: int | Literal["auto"] = Field(
+        "auto", description="run each micro-batch as pieces of whole examples of at most this many tokens: same "
+        "gradients, peak memory bounded by the budget (train/token_budget.py); 0: no limit; auto: 384 on CPU, 0 on GPU"
+    )
     base_dtype: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="dtype of the frozen base weights; auto: bf16 when train.precision is bf16, else fp32"
     )
@@ -214,6 +218,13 @@ class TrainConfig(_Section):
     def _known_optim(cls, value: str) -> str:
         if value not in OPTIMIZERS:
             raise ValueError(f"use one of {', '.join(OPTIMIZERS)}")
+        return value
+
+    @field_validator("micro_batch_tokens")
+    @classmethod
+    def _budget_not_negative(cls, value):
+        if value != "auto" and value < 0:
+            raise ValueError("use a token count (0: no limit) or auto")
         return value
 
     @model_validator(mode="after")

@@ -1,6 +1,7 @@
 """Batched generation that also reports whether each answer ended on an end-of-turn token.
 
-Left padding and the KV cache, shortest prompts first; results come back in input order.
+Left padding and the KV cache, shortest prompts first; results come back in input order
+(the decoding itself, with the shared-prefix and finished-row savings: model/decode.py).
 The one generation loop behind `chattune predict`, `chattune eval` and in-training evaluation
 (it lives in the model stage so training may use it). Greedy unless `sampling` says otherwise.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from chattune.data.templates import render, with_system
+from chattune.model.decode import decode_batch
 
 
 @dataclass
@@ -24,20 +26,11 @@ def generate_batch(model, tokenizer, prompts: list[list[dict]], stop_ids: set[in
     import torch
 
     texts = [render(tokenizer, with_system(m, system), add_generation_prompt=True) for m in prompts]
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation appends on the right
-    try:
-        inputs = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
-    finally:
-        tokenizer.padding_side = old_side
-    inputs = inputs.to(model.device)
-    options = {"max_new_tokens": max_new_tokens, "do_sample": False, **(sampling or {})}
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    options = {"max_new_tokens": max_new_tokens, "do_sample": False, **(sampling or {}), "use_cache": True,
+               "eos_token_id": sorted(stop_ids), "pad_token_id": tokenizer.pad_token_id}
     with torch.inference_mode():
-        out = model.generate(
-            **inputs, **options, use_cache=True,
-            eos_token_id=sorted(stop_ids), pad_token_id=tokenizer.pad_token_id,
-        )
-    new_tokens = out[:, inputs["input_ids"].shape[1]:].tolist()
+        new_tokens = decode_batch(model, encoded, options, stop_ids)
     decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     return [Generated(text.strip(), any(t in stop_ids for t in ids)) for text, ids in zip(decoded, new_tokens, strict=True)]
 

@@ -71,6 +71,16 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
+def cpu_has_fast_fp16() -> bool:
+    """AMX-FP16 (Granite Rapids and later) runs fp16 matmuls natively; elsewhere CPU fp16 is emulated."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_amx_fp16_supported())
+    except AttributeError:
+        return False
+
+
 def pick_precision(preference: str, device: str) -> str:
     """'auto' -> bf16 where the hardware runs it fast, else fp32."""
     import torch
@@ -84,9 +94,11 @@ def pick_precision(preference: str, device: str) -> str:
 
 def slow_precision_warning(precision: str, device: str) -> str | None:
     """A warning when bf16/fp16 is forced on a CPU that only emulates it (measured ~100x slower)."""
-    if device != "cpu" or precision not in ("bf16", "fp16") or cpu_has_fast_bf16():
+    fast = {"bf16": cpu_has_fast_bf16, "fp16": cpu_has_fast_fp16}.get(precision)
+    if device != "cpu" or fast is None or fast():
         return None
-    return (f"train.precision={precision} on a CPU without AMX/AVX512-BF16: {precision} matmuls are emulated here "
+    units = "AMX/AVX512-BF16" if precision == "bf16" else "AMX-FP16"
+    return (f"train.precision={precision} on a CPU without {units}: {precision} matmuls are emulated here "
             "(a bf16 training step ran ~100x slower than fp32 on an AVX2-only CPU); train.precision=auto picks fp32")
 
 

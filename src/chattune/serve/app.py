@@ -35,21 +35,21 @@ from chattune.serve.schemas import (
     openapi_components,
     sse_schema,
 )
-from chattune.serve.worker import TOKENIZER_LOCK, Job, Worker
+from chattune.serve.worker import DEFAULT_MAX_QUEUE, TOKENIZER_LOCK, Job, Worker
 
 PAGE = Path(__file__).parent / "static" / "index.html"
 DEFAULT_MAX_BODY = 1 << 20
 PUBLIC_PATHS = frozenset({"/"})  # the chat page; everything else needs the key when one is set
 # Below this a temperature is greedy: logits / 1e-300 overflow to inf and sampling fails.
 MIN_TEMPERATURE = 1e-4
-_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422)}
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 503)}
 _CHAT_RESPONSES = {200: {"model": ChatCompletion, "description": "a completion, or an SSE stream of chunks",
                          "content": {"text/event-stream": {"schema": sse_schema()}}}, **_ERRORS}
 
 
 def create_app(registry, api_key: str | None = None, max_tokens: int = 512,
-               max_body_bytes: int = DEFAULT_MAX_BODY) -> FastAPI:
-    worker = Worker(registry)
+               max_body_bytes: int = DEFAULT_MAX_BODY, max_queue: int = DEFAULT_MAX_QUEUE) -> FastAPI:
+    worker = Worker(registry, max_queue)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -100,7 +100,9 @@ async def _complete(app, body: ChatRequest, request: Request):
     temperature = body.temperature if body.temperature >= MIN_TEMPERATURE else 0.0
     settings = GenerationSettings(max_new_tokens=budget, temperature=temperature, top_p=body.top_p)
     job = Job(body.model, ids, settings, body.stop_list(), body.seed, asyncio.get_running_loop())
-    app.state.worker.submit(job)
+    if not app.state.worker.submit(job):
+        return error_response(503, f"the server is busy: {app.state.worker.max_queue} requests are waiting; "
+                              "retry later", kind="server_error", code="server_busy", headers={"Retry-After": "1"})
     reply = _Reply(body.model, len(ids))
     if body.stream:
         return StreamingResponse(_sse(job, reply, body.include_usage()), media_type="text/event-stream",

@@ -41,6 +41,7 @@ class Job:
 class WorkerStats:
     finished: int = 0
     cancelled: int = 0
+    refused: int = 0  # requests turned away with 503 because max_queue were waiting
     cancelled_tokens: deque = field(default_factory=lambda: deque(maxlen=64))  # tokens made before each stop
 
 
@@ -80,9 +81,12 @@ class StopText:
         return piece
 
 
+DEFAULT_MAX_QUEUE = 256  # waiting requests; beyond it new ones get 503 instead of waiting without bound
+
+
 class Worker:
-    def __init__(self, registry):
-        self.registry = registry
+    def __init__(self, registry, max_queue: int = DEFAULT_MAX_QUEUE):
+        self.registry, self.max_queue = registry, max_queue
         self.jobs: queue.Queue[Job | None] = queue.Queue()
         self.stats = WorkerStats()
         self.thread: threading.Thread | None = None
@@ -98,8 +102,13 @@ class Worker:
             self.jobs.put(None)
             self.thread.join(timeout=30)
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job) -> bool:
+        """Queue `job`; False (not queued) when max_queue requests are already waiting."""
+        if self.jobs.qsize() >= self.max_queue:  # only the event loop submits: no race between submitters
+            self.stats.refused += 1
+            return False
         self.jobs.put(job)
+        return True
 
     def _run(self) -> None:
         while (job := self.jobs.get()) is not None:

@@ -6,6 +6,7 @@ Uses transformers' Trainer; chattune adds only token counting and the run dir.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,9 @@ from chattune.train.speed import (
     batch_tokens,
     collator_for,
     lora_in_autocast_dtype,
+    micro_batch_budget,
 )
+from chattune.train.token_budget import split_batch
 
 
 @dataclass
@@ -183,7 +186,22 @@ def make_trainer_class():
         def training_step(self, model, inputs, num_items_in_batch=None):
             self.counter.local[0] += batch_tokens(inputs)
             self.counter.local[1] += int((inputs["labels"] != -100).sum())
-            return super().training_step(model, inputs, num_items_in_batch)
+            pieces = self.pieces(inputs, num_items_in_batch)
+            if len(pieces) == 1:
+                return super().training_step(model, inputs, num_items_in_batch)
+            losses = []
+            for index, piece in enumerate(pieces):  # the gradients sync (several processes) on the last piece only
+                last = index == len(pieces) - 1
+                with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
+                    losses.append(super().training_step(model, piece, num_items_in_batch))
+            return sum(losses)
+
+        def pieces(self, inputs, num_items_in_batch) -> list[dict]:
+            """train.micro_batch_tokens: only where each piece's loss is divided by the whole step's token count."""
+            scaled = num_items_in_batch is not None and (self.skip_prompt_logits or self.model_accepts_loss_kwargs)
+            if not scaled or self.is_deepspeed_enabled:  # DeepSpeed counts backward calls as micro-steps
+                return [inputs]
+            return split_batch(inputs, self.micro_batch_tokens)
 
         def log(self, logs, *args, **kwargs):
             if "loss" in logs:  # every rank logs the same steps: token counts become sums over ranks
@@ -201,6 +219,7 @@ def make_trainer_class():
                 self, num_items_in_batch)
 
     CountingTrainer.skip_prompt_logits = False
+    CountingTrainer.micro_batch_tokens = 0
     return CountingTrainer
 
 
@@ -273,6 +292,7 @@ def train(cfg: RunConfig, console: Console | None = None, resume: str | None = N
     trainer.counter = counter
     # AdaLoRA adds its orthogonality penalty to the loss the model computes itself
     trainer.skip_prompt_logits = cfg.train.skip_prompt_logits and cfg.lora.method != "adalora"
+    trainer.micro_batch_tokens = micro_batch_budget(cfg, device)
     progress.start()
     monitoring.start(cfg)
     try:
