@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ROOT / "configs" / "distributed"
 
 
-def _two_process_run(tiny_model_dir, tmp_path):
+def _two_process_run(tiny_model_dir, tmp_path, *extra):
     """`python -m chattune train --nproc 2` exactly as a user types it; torchrun --standalone picks a free port."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("LOCAL_RANK", None)
@@ -26,7 +26,7 @@ def _two_process_run(tiny_model_dir, tmp_path):
         sys.executable, "-m", "chattune", "train", "--nproc", "2",
         f"model.name={tiny_model_dir}", f"output_dir={tmp_path / 'runs'}", "name=ddp",
         "data.size=16", "train.epochs=1", "train.batch_size=2", "train.grad_accum=1", "train.lr=1e-2",
-        "train.precision=fp32", "train.device=cpu", "lora.dropout=0.0",
+        "train.precision=fp32", "train.device=cpu", "lora.dropout=0.0", *extra,
     ]
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
@@ -63,6 +63,25 @@ def test_two_processes_train_one_run_dir(tiny_model_dir, tmp_path):
     # messages print once, not once per process
     assert proc.stderr.count("run dir") == 1
     assert proc.stderr.count("train: 16 examples") == 1
+
+
+def test_token_budget_pieces_sync_like_whole_batches(tiny_model_dir, tmp_path):
+    """train.micro_batch_tokens=1 under DDP: each rank runs its 2 examples as 2 pieces, only the last syncs."""
+    import torch
+    from safetensors.torch import load_file
+
+    adapters = []
+    for budget in (0, 1):
+        (tmp_path / str(budget)).mkdir()
+        proc = _two_process_run(tiny_model_dir, tmp_path / str(budget), f"train.micro_batch_tokens={budget}")
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        (path,) = (tmp_path / str(budget) / "runs").iterdir()
+        digests = json.loads((path / rundir.SUMMARY).read_text())["rank_adapter_sha256"]
+        assert len(digests) == 2 and digests[0] == digests[1], "the ranks ended with the same adapter"
+        adapters.append(load_file(path / "adapter" / "adapter_model.safetensors"))
+    whole, pieces = adapters
+    assert whole.keys() == pieces.keys()
+    assert all(torch.allclose(whole[k], pieces[k], atol=1e-5) for k in whole)
 
 
 def test_nproc_reruns_the_command_under_torchrun(monkeypatch, tmp_path):
