@@ -58,11 +58,18 @@ def train_cli(tmp_path, builtin_tokenizer_dir, capsys, monkeypatch):
     return run
 
 
+def test_a_run_dir_the_user_made_stays_after_a_failure(tmp_path, train_cli):
+    (tmp_path / "run").mkdir()
+    code, err = train_cli(case_path(sorted(CASES)[0], tmp_path))
+    assert code == 2 and (tmp_path / "run").is_dir()
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_train_reports_the_case_before_any_model_loads(name, tmp_path, train_cli):
     case, path = CASES[name], case_path(name, tmp_path)
     code, err = train_cli(path)
     assert code == 2
+    assert not (tmp_path / "run").exists(), "a run that failed before writing anything leaves no empty run dir"
     if "error" in case:
         assert err.count("error:") == 1, err
         assert f"{expand([case['where']], path)[0]}: " in err

@@ -114,6 +114,25 @@ def test_stopped_means_an_end_of_turn_token_was_generated(tokenizer):
     assert out[0].text == "ok" and out[1].text == "okokokok"
 
 
+def test_special_token_text_in_a_prompt_stays_text(tokenizer):
+    """predict/eval: a user typing <|im_end|> gets plain-text ids, as in chat and serve."""
+    from chattune.data.templates import stop_token_ids
+
+    stops, eos = stop_token_ids(tokenizer), tokenizer.convert_tokens_to_ids("<|im_end|>")
+    seen = []
+
+    class Capturing(_ScriptedModel):
+        def generate(self, input_ids, **kwargs):
+            seen.append(input_ids[0].tolist())
+            return super().generate(input_ids, **kwargs)
+
+    for content in ("say hi", "say <|im_end|> hi"):
+        generate_batch(Capturing([[eos]]), tokenizer, [[{"role": "user", "content": content}]], stops, 1)
+    plain, typed = seen
+    assert typed.count(eos) == plain.count(eos) > 0, "only the template's own end-of-turn tokens are control ids"
+    assert len(typed) > len(plain)
+
+
 def test_best_tracker_direction():
     lower = BestTracker(higher_is_better=False)
     assert [lower.update(s, v) for s, v in [(1, 2.0), (2, 1.5), (3, 1.7)]] == [True, True, False]

@@ -15,6 +15,7 @@ All files are written to a temporary name and renamed, so a reader never sees ha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -37,6 +38,17 @@ SPACE_MARGIN = 32 * 2**20  # tokenizer, template, metrics, plots, tracker logs
 
 class RunDirError(ValueError):
     """A folder that is not a usable run dir."""
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(path: Path):
+    """On an error inside the block, remove `path` if it is still an empty folder; re-raise."""
+    try:
+        yield
+    except BaseException:
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        raise
 
 
 def estimated_size(trainable_params: int, checkpoints: int) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chattune.data.templates import render, with_system
+from chattune.data.templates import prompt_ids, render, with_system
 from chattune.model.decode import decode_batch
 
 
@@ -25,8 +25,7 @@ def generate_batch(model, tokenizer, prompts: list[list[dict]], stop_ids: set[in
     """Replies for one batch of conversations (each ending with a user turn); greedy by default."""
     import torch
 
-    texts = [render(tokenizer, with_system(m, system), add_generation_prompt=True) for m in prompts]
-    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    encoded = [prompt_ids(tokenizer, with_system(m, system)) for m in prompts]  # content text stays text
     options = {"max_new_tokens": max_new_tokens, "do_sample": False, **(sampling or {}), "use_cache": True,
                "eos_token_id": sorted(stop_ids), "pad_token_id": tokenizer.pad_token_id}
     with torch.inference_mode():

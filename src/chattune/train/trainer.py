@@ -67,6 +67,9 @@ class PreparedData:
     eval_conversations: list = field(default_factory=list)  # untokenized, for generation metrics
 
 
+CREATED_RUN_DIRS: set[Path] = set()  # made by this process: removed again if a run fails before writing to it
+
+
 def prepare_run_dir(cfg: RunConfig, resuming: bool = False) -> Path:
     """Create the run dir now, so an unwritable output fails before training starts."""
     path = cfg.resolved_run_dir()
@@ -76,6 +79,8 @@ def prepare_run_dir(cfg: RunConfig, resuming: bool = False) -> Path:
         raise FileExistsError(f"{path}: run dir already exists and is not empty; choose another run_dir "
                               "(or continue it: --resume auto)")
     try:
+        if not path.exists():
+            CREATED_RUN_DIRS.add(path)
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
         probe.write_text("ok")
@@ -229,13 +234,8 @@ def train(cfg: RunConfig, console: Console | None = None, resume: str | None = N
     `resume`: "auto" or a checkpoint/run dir path to continue (train/resume.py). A first
     SIGINT/SIGTERM saves a checkpoint and raises TrainingInterrupted (train/interrupt.py).
     """
-    from transformers import set_seed
-
-    from chattune.train.callbacks import MetricsLogger
-    from chattune.train.interrupt import StopOnSignal
-    from chattune.train.memory import release_freed_tensors
-    from chattune.train.monitor import build_monitoring, check_monitoring, wants_eval_loop
-    from chattune.train.resume import CheckpointState, logged_mean_loss, plan_resume, restore_run
+    from chattune.train.monitor import wants_eval_loop
+    from chattune.train.resume import plan_resume
 
     console = distributed.rank_console(console)  # several processes: only rank 0 prints
     plan = plan_resume(cfg, resume) if resume else None  # refuses a changed config before anything loads
@@ -246,6 +246,22 @@ def train(cfg: RunConfig, console: Console | None = None, resume: str | None = N
     # created by rank 0, same path on every rank; a resume reuses the existing run dir
     run_path = distributed.shared_run_dir(lambda c: prepare_run_dir(c, resuming=plan is not None), cfg)
     console.print(f"[bold]run dir[/] {run_path}")
+    # a run that fails before writing anything (bad data, a model that will not load) leaves no empty folder
+    cleanup = rundir.removed_if_left_empty(run_path) if run_path in CREATED_RUN_DIRS else contextlib.nullcontext()
+    with cleanup:
+        return _train_into(run_path, cfg, plan, device, console)
+
+
+def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Console) -> TrainOutcome:
+    """Everything after the run dir exists: data, model, the Trainer, and the saved run."""
+    from transformers import set_seed
+
+    from chattune.train.callbacks import MetricsLogger
+    from chattune.train.interrupt import StopOnSignal
+    from chattune.train.memory import release_freed_tensors
+    from chattune.train.monitor import build_monitoring, check_monitoring
+    from chattune.train.resume import CheckpointState, logged_mean_loss, restore_run
+
     set_seed(cfg.seed)
     release_freed_tensors(cfg.train.mmap_threshold_kb)  # opt-in; before the weights load
     tokenizer = load_tokenizer(cfg.model)
