@@ -23,9 +23,8 @@ def run(model_path: str, train_rows: list[dict], out_dir: str, seed: int, overri
         f"lora.targets={json.dumps(TARGETS)}", "train.epochs=1", f"seed={seed}", *overrides,
     ])
     outcome = train(cfg, console=Console(stderr=True, quiet=True))
-    from chattune.model.load import load_tokenizer, pick_device, pick_precision
+    from chattune.model.load import load_tokenizer
 
     s = outcome.summary
-    precision = pick_precision(cfg.train.precision, pick_device(cfg.train.device))  # what train() chose
     return {"seconds": s["seconds"], "tokens": s["tokens"], "trained_tokens": s["trained_tokens"],
-            "precision": precision, "model": outcome.model, "tokenizer": load_tokenizer(cfg.model)}
+            "precision": s["precision"], "model": outcome.model, "tokenizer": load_tokenizer(cfg.model)}

@@ -172,6 +172,7 @@ def test_training_defaults_match_padded_standard_loss(tiny_model_dir, tmp_path):
     assert abs(fast - plain) < 1e-4
     assert fast_summary["trained_tokens"] == plain_summary["trained_tokens"] > 0
     assert fast_summary["tokens"] == plain_summary["tokens"], "packed batches hold exactly the real tokens"
+    assert fast_summary["precision"] == "fp32", "summary.json records the precision train.precision resolved to"
 
 
 def test_lora_computes_in_autocast_dtype_without_changing_the_result(tiny_model_dir):

@@ -15,17 +15,29 @@ import itertools
 PACKED_KEYS = ("input_ids", "labels", "position_ids")
 
 
-def example_groups(lengths: list[int], budget: int) -> list[tuple[int, int]]:
-    """Consecutive (first, end) example index ranges whose summed length stays within `budget`."""
-    groups, first, used = [], 0, 0
-    for index, length in enumerate(lengths):
-        if index > first and used + length > budget:
+def consecutive_groups(lengths: list[int], budget: int, cost) -> list[tuple[int, int]]:
+    """(first, end) index ranges, filled greedily while `cost(lengths[first:end])` stays within `budget`.
+
+    A single item over the budget forms a group of its own.
+    """
+    groups, first = [], 0
+    for index in range(1, len(lengths)):
+        if cost(lengths[first:index + 1]) > budget:
             groups.append((first, index))
-            first, used = index, 0
-        used += length
+            first = index
     if lengths:
         groups.append((first, len(lengths)))
     return groups
+
+
+def example_groups(lengths: list[int], budget: int) -> list[tuple[int, int]]:
+    """Packed examples: their summed length stays within `budget`."""
+    return consecutive_groups(lengths, budget, sum)
+
+
+def padded_groups(lengths: list[int], budget: int) -> list[tuple[int, int]]:
+    """Padded rows: rows x longest row stays within `budget`."""
+    return consecutive_groups(lengths, budget, lambda group: len(group) * max(group))
 
 
 def split_packed(inputs: dict, budget: int) -> list[dict]:
@@ -53,20 +65,6 @@ def split_padded(inputs: dict, budget: int) -> list[dict]:
         width = max(lengths[first:end])
         pieces.append({key: value[first:end, :width] for key, value in inputs.items()})
     return pieces
-
-
-def padded_groups(lengths: list[int], budget: int) -> list[tuple[int, int]]:
-    """Consecutive row ranges whose rows x longest row stays within `budget`."""
-    groups, first, longest = [], 0, 0
-    for index, length in enumerate(lengths):
-        wider = max(longest, length)
-        if index > first and wider * (index - first + 1) > budget:
-            groups.append((first, index))
-            first, wider = index, length
-        longest = wider
-    if lengths:
-        groups.append((first, len(lengths)))
-    return groups
 
 
 def split_batch(inputs: dict, budget: int) -> list[dict]:

@@ -192,8 +192,6 @@ def make_trainer_class():
             self.counter.local[0] += batch_tokens(inputs)
             self.counter.local[1] += int((inputs["labels"] != -100).sum())
             pieces = self.pieces(inputs, num_items_in_batch)
-            if len(pieces) == 1:
-                return super().training_step(model, inputs, num_items_in_batch)
             losses = []
             for index, piece in enumerate(pieces):  # the gradients sync (several processes) on the last piece only
                 last = index == len(pieces) - 1
@@ -329,7 +327,7 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
     summary = {}
     if distributed.is_main():  # the run dir is written once, by rank 0
         summary = save_run(run_path, cfg, model, tokenizer, data.stats, metrics.records, result, seconds, counter,
-                           state_dict=state_dict)
+                           precision, state_dict=state_dict)
         if digests:
             summary["rank_adapter_sha256"] = digests
             if len(set(digests)) > 1:
@@ -344,7 +342,8 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
     return TrainOutcome(run_path, model, summary)
 
 
-def save_run(run_path, cfg, model, tokenizer, stats, records, result, seconds, counter, state_dict=None) -> dict:
+def save_run(run_path, cfg, model, tokenizer, stats, records, result, seconds, counter, precision,
+             state_dict=None) -> dict:
     from chattune.train.plots import plot_loss
 
     rundir.save_dir_atomic(run_path / rundir.ADAPTER, lambda out: adapter_writer(model)(out, state_dict=state_dict))
@@ -362,6 +361,7 @@ def save_run(run_path, cfg, model, tokenizer, stats, records, result, seconds, c
         "trained_tokens": counter.trained_tokens,
         "tokens_per_s": round(counter.tokens / max(seconds, 1e-9), 1),
         "processes": distributed.world_size(),
+        "precision": precision,  # what train.precision resolved to on this device
     }
     rundir.write_json_atomic(run_path / rundir.SUMMARY, summary)
     plot_loss(records, run_path / rundir.LOSS_PLOT, title=f"{cfg.name}: loss")
