@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.chattune-installed
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test test-fast lint bench bench-serve clean
+.PHONY: install system-deps demo test test-fast lint bench bench-serve clean
 
 install: $(STAMP)
 
@@ -20,10 +20,18 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PIP) install --no-deps -e .
 	touch $(STAMP)
 
+# The chat-page test drives headless Chromium: Debian's chromium + chromium-driver, installed when
+# missing (root with apt-get, as on every machine of this project); elsewhere it says what to install.
+system-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "install chromium and chromium-driver (the chat-page test needs them)" >&2; exit 1; fi; }
+
 demo: $(STAMP)
 	$(BIN)/chattune demo configs/demo.yaml
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra
 

@@ -67,21 +67,21 @@ def test_two_processes_train_one_run_dir(tiny_model_dir, tmp_path):
 
 def test_token_budget_pieces_sync_like_whole_batches(tiny_model_dir, tmp_path):
     """train.micro_batch_tokens=1 under DDP: each rank runs its 2 examples as 2 pieces, only the last syncs."""
-    import torch
     from safetensors.torch import load_file
+
+    from adapter_helpers import assert_same_sgd_training
 
     adapters = []
     for budget in (0, 1):
         (tmp_path / str(budget)).mkdir()
-        proc = _two_process_run(tiny_model_dir, tmp_path / str(budget), f"train.micro_batch_tokens={budget}")
+        proc = _two_process_run(tiny_model_dir, tmp_path / str(budget), f"train.micro_batch_tokens={budget}",
+                                "train.optim=sgd", "train.lr=0.5")
         assert proc.returncode == 0, proc.stderr[-4000:]
         (path,) = (tmp_path / str(budget) / "runs").iterdir()
         digests = json.loads((path / rundir.SUMMARY).read_text())["rank_adapter_sha256"]
         assert len(digests) == 2 and digests[0] == digests[1], "the ranks ended with the same adapter"
         adapters.append(load_file(path / "adapter" / "adapter_model.safetensors"))
-    whole, pieces = adapters
-    assert whole.keys() == pieces.keys()
-    assert all(torch.allclose(whole[k], pieces[k], atol=1e-5) for k in whole)
+    assert_same_sgd_training(*adapters)
 
 
 def test_nproc_reruns_the_command_under_torchrun(monkeypatch, tmp_path):

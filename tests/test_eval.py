@@ -158,7 +158,7 @@ def test_early_stopping_and_best_adapter(tiny_model_dir, tmp_path, monkeypatch, 
 
     snapshots = {}
 
-    def scripted(self, model, step, metrics):
+    def scripted(self, model, step, metrics, args=None):
         snapshots[step] = snapshot_adapter(model)
         return values[step - 1]
 
@@ -212,3 +212,39 @@ def test_builtin_topic_classify_is_deterministic_and_disjoint(tmp_path):
     assert convs[0].messages[-1]["content"] in LABELS
     train_file, test_file = write_files(tmp_path)
     assert len(test_file.read_text().splitlines()) == 100 and train_file.is_file()
+
+
+TASK_ROWS = [  # seed 002's raw task file: text, options, label; no instruction field
+    {"text": "The striker scored twice.", "category": "sports, finance", "output": "sports"},
+    {"text": "Stocks fell sharply.", "category": "sports, finance", "output": "finance"},
+]
+TASK_SETTINGS = ["data.prompt=Text: {text}. Options: {category}", "data.response=output",
+                 "data.system=Reply with the category only."]
+
+
+def test_base_model_and_run_read_one_raw_task_file_the_same_way(tiny_model_dir, write_jsonl, tmp_path):
+    """Seed 002's before/after: --set for a plain model, or --like RUN_DIR, gives the run's own prompts."""
+    from chattune.config import ConfigError
+    from chattune.data.formats import DataError
+    from chattune.train.trainer import train
+
+    data = write_jsonl(TASK_ROWS, "task.jsonl")
+    run_dir = train(load_config(None, [
+        f"model.name={tiny_model_dir}", f"run_dir={tmp_path / 'run'}", f"data.path={data}", *TASK_SETTINGS,
+        "train.max_steps=1", "train.batch_size=2", "train.precision=fp32",
+    ])).run_dir
+    with pytest.raises(DataError, match="task.jsonl:1"):  # a plain model reads rows as they are
+        run_eval(str(tiny_model_dir), data, ["exact"], max_new_tokens=2, out=tmp_path / "plain")
+    with pytest.raises(ConfigError, match="only data"):
+        run_eval(str(tiny_model_dir), data, ["exact"], settings=["train.lr=1"], out=tmp_path / "bad")
+    runs = {
+        "run": run_eval(str(run_dir), data, ["exact"], max_new_tokens=2, out=tmp_path / "e-run"),
+        "set": run_eval(str(tiny_model_dir), data, ["exact"], max_new_tokens=2, out=tmp_path / "e-set",
+                        settings=TASK_SETTINGS),
+        "like": run_eval(str(tiny_model_dir), data, ["exact"], max_new_tokens=2, out=tmp_path / "e-like",
+                         like=str(run_dir)),
+    }
+    prompts = {name: [r["prompt"] for r in result.rows] for name, result in runs.items()}
+    assert prompts["run"] == prompts["set"] == prompts["like"] == [
+        "Text: The striker scored twice.. Options: sports, finance", "Text: Stocks fell sharply.. Options: sports, finance"]
+    assert all([r["reference"] for r in result.rows] == ["sports", "finance"] for result in runs.values())

@@ -126,3 +126,28 @@ def test_training_with_tensorboard_writes_events(tiny_model_dir, tmp_path, no_ne
     losses = events.Scalars("train/loss")
     assert [e.step for e in losses] == [1, 2]
     assert all(e.value > 0 for e in losses)
+
+
+def test_eval_of_a_swanlab_run_adds_its_predictions_table(tiny_model_dir, tmp_path, no_network):
+    """Seed 002 logs its test-set predictions as a SwanLab table: `chattune eval` does it for the run."""
+    from chattune.eval.runner import run_eval
+    from chattune.train.trainer import train
+
+    cfg = load_config(None, [
+        f"model.name={tiny_model_dir}", f"run_dir={tmp_path / 'run'}", "data.size=8", "train.max_steps=1",
+        "train.batch_size=2", "train.grad_accum=1", "train.precision=fp32", "train.tracking=swanlab",
+        "train.swanlab_mode=offline",
+    ])
+    run_dir = train(cfg).run_dir
+    test_file = tmp_path / "test.jsonl"
+    test_file.write_text("".join(json.dumps({"instruction": q, "output": a}) + "\n"
+                                 for q, a in (("Who are you?", "Tuna"), ("Your name?", "Tuna"))))
+    result = run_eval(str(run_dir), test_file, ["exact", "stop_rate"], max_new_tokens=4)
+    runs = sorted(p for p in (run_dir / tracking.SWANLOG).iterdir() if p.is_dir() and p.name.startswith("run-"))
+    assert len(runs) == 2, "the training run and the evaluation"
+    texts = [t.read_text() for run in runs for t in (run / "media" / "text").glob("*.txt")]
+    assert len(texts) == 2 and all("reference: Tuna" in t for t in texts)
+    evaluated = [run for run in runs if any(b"eval/exact" in f.read_bytes() for f in run.glob("*.swanlab"))]
+    assert len(evaluated) == 1, "the evaluation's metrics are logged once"
+    assert str(test_file) in (evaluated[0] / "files" / "config.yaml").read_text()
+    assert result.summary["metrics"]["exact"] == 0.0

@@ -186,6 +186,12 @@ def _add_eval_parsers(sub) -> None:
     evaluate.add_argument("--batch-size", type=int, default=8, help="prompts per batch (default 8)")
     evaluate.add_argument("--out", help="output folder (default RUN_DIR/eval/DATA-TIME or evals/MODEL-DATA-TIME)")
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: auto")
+    evaluate.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE",
+                          help="how to read the rows, e.g. --set 'data.prompt=Text: {text}' --set data.response=label "
+                          "(repeatable; on top of the run's own data settings)")
+    evaluate.add_argument("--like", metavar="RUN_DIR",
+                          help="read the rows as RUN_DIR was trained (its data.prompt, data.system, ...): "
+                          "score a base model on the same raw file as a run")
 
     report = sub.add_parser(
         "report", help="write RUN_DIR/report.html (self-contained: config, data, curves, metrics, predictions)",

@@ -186,7 +186,7 @@ def cmd_eval(args: Namespace) -> int:
     if labels and "accuracy" not in metrics:
         metrics.append("accuracy")
     result = run_eval(args.target, args.data, metrics, labels, args.max_new_tokens, args.batch_size,
-                      pick_device(args.device), args.out)
+                      pick_device(args.device), args.out, settings=args.set, like=args.like)
     print_summary(result, Console())
     return 0
 

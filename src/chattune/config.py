@@ -312,7 +312,36 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    node[parts[-1]] = _override_value(parts, text)
+
+
+def _override_value(parts: list[str], text: str) -> Any:
+    """YAML for typed values (numbers, lists, mappings); text keys keep the text as written.
+
+    `data.prompt=Text: {text}` is a prompt, not the YAML mapping {Text: {text: null}}.
+    """
+    if not text.strip():
+        return None
+    if _is_text_key(parts):
+        return text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text  # validation then names the key and what it allows
+
+
+def _is_text_key(parts: list[str]) -> bool:
+    import typing
+
+    fields = RunConfig.model_fields
+    for part in parts[:-1]:
+        section = fields.get(part)
+        fields = getattr(section.annotation, "model_fields", {}) if section else {}
+    field = fields.get(parts[-1])
+    if field is None:
+        return False
+    kinds = set(typing.get_args(field.annotation)) or {field.annotation}
+    return kinds <= {str, type(None)}
 
 
 def _explain(err: ValidationError, source: str) -> str:

@@ -39,13 +39,21 @@ class EvalResult:
     rows: list[dict]
 
 
-def row_spec_for(target: str) -> RowSpec:
-    """A run dir reads rows the way it was trained; anything else reads them as-is."""
-    if rundir.is_run_dir(target):
-        from chattune.data.dataset import row_spec
+def row_spec_for(target: str, settings: list[str] | None = None, like: str | None = None) -> RowSpec:
+    """How to read the eval file: as `like` (or the target run dir) was trained, then `settings`.
 
-        return row_spec(rundir.open_run_dir(target).config().data)
-    return RowSpec()
+    `settings` are `data.KEY=VALUE` overrides (data.prompt, data.response, data.system,
+    data.columns, data.format), so a base model and a run read one raw task file the same way.
+    """
+    from chattune.config import ConfigError, load_config
+    from chattune.data.dataset import row_spec
+
+    source = like or (target if rundir.is_run_dir(target) else None)
+    for item in settings or []:
+        if not item.strip().startswith("data."):
+            raise ConfigError(f"--set {item!r}: only data.* keys say how rows are read (e.g. data.prompt=...)")
+    config_file = rundir.open_run_dir(source).path / rundir.CONFIG if source else None
+    return row_spec(load_config(config_file, settings).data)
 
 
 def load_eval_rows(path: str | Path, spec: RowSpec, need_reference: bool) -> list[EvalRow]:
@@ -70,6 +78,7 @@ def heldout_loss(model, tokenizer, conversations: list[list[dict]], stop_ids: se
 
     from chattune.data.collate import PadCollator
     from chattune.data.templates import encode_conversation
+    from chattune.train.loss import shifted_lm_loss
 
     encoded = [encode_conversation(tokenizer, messages, stop_ids) for messages in conversations]
     collate = PadCollator(tokenizer.pad_token_id)
@@ -80,8 +89,10 @@ def heldout_loss(model, tokenizer, conversations: list[list[dict]], stop_ids: se
             chunk = encoded[start:start + batch_size]
             batch = collate([{"input_ids": e.input_ids, "labels": e.labels} for e in chunk])
             batch = {k: v.to(model.device) for k, v in batch.items()}
-            n = int((batch["labels"][:, 1:] != -100).sum())
-            total += float(model(**batch).loss) * n
+            labels = batch.pop("labels")
+            n = int((labels[:, 1:] != -100).sum())
+            # the loss from the logits: a model given labels may add terms of its own (AdaLoRA's penalty)
+            total += float(shifted_lm_loss(model(**batch).logits, labels)) * n
             count += n
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "trained_tokens": count}
@@ -138,8 +149,12 @@ def write_eval(out_dir: Path, summary: dict, records: list[dict]) -> None:
 
 def run_eval(target: str, data: str | Path, metrics: list[str], labels: list[str] | None = None,
              max_new_tokens: int = 64, batch_size: int = 8, device: str = "cpu",
-             out: str | Path | None = None, console=None) -> EvalResult:
-    """Evaluate `target` (run dir or model) on `data`; write and return the results."""
+             out: str | Path | None = None, console=None, settings: list[str] | None = None,
+             like: str | None = None) -> EvalResult:
+    """Evaluate `target` (run dir or model) on `data`; write and return the results.
+
+    Rows are read as `like` (a run dir) or the target run was trained, then `settings` (row_spec_for).
+    """
     from rich.console import Console
 
     from chattune.infer.chat import ChatModel
@@ -147,8 +162,12 @@ def run_eval(target: str, data: str | Path, metrics: list[str], labels: list[str
 
     console = console or Console(stderr=True)
     need_reference = any(m != "stop_rate" for m in metrics)
-    rows = load_eval_rows(data, row_spec_for(target), need_reference)  # before the model loads
+    rows = load_eval_rows(data, row_spec_for(target, settings, like), need_reference)  # before the model loads
     chat = ChatModel.load(target, device=device)
+    extra = {}
+    if "loss" in metrics:  # first: seconds, where generation takes minutes
+        convs = [with_system([*r.prompt, {"role": "assistant", "content": r.reference}], chat.system) for r in rows]
+        extra = heldout_loss(chat.model, chat.tokenizer, convs, chat.stop_ids, batch_size)
     generated, scores = [], {}
     if any(m in GENERATION_METRICS for m in metrics):
         with _progress(console) as progress:
@@ -157,10 +176,7 @@ def run_eval(target: str, data: str | Path, metrics: list[str], labels: list[str
                                      max_new_tokens, chat.system, batch_size, lambda n: progress.advance(task, n))
         scores, labels = score_rows(rows, generated, metrics, labels)
     values = {name: score.value for name, score in scores.items()}
-    extra = {}
-    if "loss" in metrics:
-        convs = [with_system([*r.prompt, {"role": "assistant", "content": r.reference}], chat.system) for r in rows]
-        extra = heldout_loss(chat.model, chat.tokenizer, convs, chat.stop_ids, batch_size)
+    if extra:
         values["loss"], values["perplexity"] = extra["loss"], extra["perplexity"]
     summary = {
         "target": str(target), "data": str(data), "rows": len(rows), "metrics": values,
@@ -174,7 +190,30 @@ def run_eval(target: str, data: str | Path, metrics: list[str], labels: list[str
     records = prediction_records(rows, generated, scores, labels) if generated else []
     out_dir = Path(out) if out else default_out_dir(target, data)
     write_eval(out_dir, summary, records)
+    if rundir.is_run_dir(target):
+        log_to_run_trackers(Path(target), out_dir, summary, records)
     return EvalResult(out_dir, summary, records)
+
+
+def log_to_run_trackers(run_path: Path, out_dir: Path, summary: dict, records: list[dict]) -> None:
+    """A run trained with train.tracking=swanlab gets this evaluation in its SwanLab log (seed 002's table).
+
+    It is a new experiment, `<run>-eval-<data-time>`, in the run's own swanlog/ and project, holding the
+    metrics and the predictions as swanlab.Text rows, so `swanlab watch RUN_DIR/swanlog` shows both.
+    """
+    from chattune.train.tracking import SwanLabTracker, tracker_names
+
+    train_cfg = rundir.open_run_dir(run_path).config().train
+    if "swanlab" not in tracker_names(train_cfg.tracking):
+        return
+    tracker = SwanLabTracker(run_path, train_cfg.swanlab_project, train_cfg.swanlab_mode,
+                             f"{run_path.name}-eval-{out_dir.name}")
+    tracker.start({"target": summary["target"], "data": summary["data"], "rows": summary["rows"]})
+    try:
+        tracker.log({"step": 0, **{f"eval_{name}": value for name, value in summary["metrics"].items()}})
+        tracker.log_predictions(0, records)
+    finally:
+        tracker.finish()
 
 
 def _progress(console):

@@ -69,14 +69,15 @@ class EvalLoop(TrainerCallback):
         self.best_state: dict | None = None
         self.stopped_early_at: int | None = None
 
-    def measure(self, model, step: int, metrics: dict) -> float:
+    def measure(self, model, step: int, metrics: dict, args=None) -> float:
         """The metric's value now: the Trainer's eval loss, or a generation metric on the samples."""
         if self.metric == "loss":
             return float(metrics["eval_loss"])
         from chattune.model.generate import generate_all
 
-        generated = generate_all(model, self.tokenizer, [s.prompt for s in self.samples], self.stop_ids,
-                                 self.max_new_tokens, batch_size=8)
+        with training_autocast(args):  # the model as trained: bf16 base, LoRA inputs left in the autocast dtype
+            generated = generate_all(model, self.tokenizer, [s.prompt for s in self.samples], self.stop_ids,
+                                     self.max_new_tokens, batch_size=8)
         predictions = [g.text for g in generated]
         references = [s.reference for s in self.samples]
         score = score_generation(self.metric, predictions, references, [g.stopped for g in generated], self.labels)
@@ -87,7 +88,7 @@ class EvalLoop(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         step = state.global_step
-        value = self.measure(model, step, metrics or {})
+        value = self.measure(model, step, metrics or {}, args)
         if self.metric != "loss":
             self.emit({"step": step, "epoch": round(state.epoch or 0.0, 4), f"eval_{self.metric}": value})
         if self.tracker.update(step, value):
@@ -101,6 +102,21 @@ class EvalLoop(TrainerCallback):
             "metric": self.metric, "best": self.tracker.best, "best_step": self.tracker.best_step,
             "evaluations": len(self.tracker.history), "stopped_early_at": self.stopped_early_at,
         }
+
+
+def training_autocast(args):
+    """The Trainer's mixed-precision context for code that runs the model outside the Trainer's steps.
+
+    Under bf16/fp16 the frozen base is bf16 and the LoRA layers skip their fp32 input cast
+    (train/speed.py), so the model only runs under autocast, as it does in training.
+    """
+    import contextlib
+
+    import torch
+
+    if args is None or not (args.bf16 or args.fp16):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=args.device.type, dtype=torch.bfloat16 if args.bf16 else torch.float16)
 
 
 def snapshot_adapter(model) -> dict:

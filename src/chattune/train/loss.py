@@ -42,3 +42,11 @@ def masked_lm_loss(model, inputs: dict, num_items_in_batch=None):
     if torch.is_tensor(denominator):
         denominator = denominator.to(loss.device)
     return loss / denominator
+
+
+def shifted_lm_loss(logits, labels):
+    """Mean next-token cross-entropy over trained positions (labels != -100), in fp32."""
+    import torch.nn.functional as F
+
+    shifted = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    return F.cross_entropy(shifted, labels[:, 1:].reshape(-1).to(logits.device), ignore_index=IGNORE_INDEX)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass, field
 
 from transformers import TrainerCallback
 
@@ -102,3 +103,64 @@ class AdaLoraBudget(TrainerCallback):
 
 def method_callbacks(lora_cfg) -> list:
     return [AdaLoraBudget()] if lora_cfg.method == "adalora" else []
+
+
+def adalora_orth_penalty(model):
+    """AdaLoRA's orthogonality penalty: the mean over its P (lora_A) and Q (lora_B) of ||P P^T - I||_F.
+
+    peft's AdaLoraModel.forward adds `orth_reg_weight` times this to the model's loss whenever
+    labels are passed, so the logged and evaluated "loss" was cross-entropy plus a penalty of
+    ~2.2 at init (P and Q start at std 0.02, far from orthonormal). chattune passes no labels to
+    an AdaLoRA model, computes the cross-entropy itself and adds this term to the training loss
+    only, so the cross-entropy is logged, compared and ranked (best / patience) on its own.
+    """
+    import torch
+
+    name = model.base_model.trainable_adapter_name
+    total, count = 0.0, 0
+    for param_name, param in model.base_model.model.named_parameters():
+        if ("lora_A" in param_name or "lora_B" in param_name) and name in param_name and param.numel():
+            cov = param @ param.T if "lora_A" in param_name else param.T @ param
+            total = total + torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0], device=cov.device, dtype=cov.dtype))
+            count += 1
+    return total / max(count, 1)
+
+
+@dataclass
+class PenaltyLog:
+    """The penalty each micro-batch added to the logged loss, by optimizer step, since the last log."""
+
+    terms: dict[int, float] = field(default_factory=dict)
+
+    def add(self, step: int, value: float) -> None:
+        self.terms[step] = self.terms.get(step, 0.0) + value
+
+    def __bool__(self) -> bool:
+        return bool(self.terms)
+
+    def mean_per_step(self) -> float:
+        mean = sum(self.terms.values()) / len(self.terms)
+        self.terms.clear()
+        return mean
+
+
+def adalora_penalty_weight(model) -> float:
+    return float(model.peft_config[model.base_model.trainable_adapter_name].orth_reg_weight)
+
+
+def adalora_loss(trainer, model, inputs, return_outputs=False, num_items_in_batch=None):
+    """No labels reach peft (it would add its penalty to the loss): the cross-entropy is computed
+    here, and the orthogonality penalty joins the training loss only, weighted once per optimizer step."""
+    from chattune.train.distributed import token_average_scale
+    from chattune.train.loss import masked_lm_loss, shifted_lm_loss
+
+    if not model.training or return_outputs:
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
+        loss = shifted_lm_loss(outputs.logits, inputs["labels"])
+        return (loss, outputs) if return_outputs else loss
+    scaled = trainer.loss_is_scaled_for_ga = num_items_in_batch is not None  # else the Trainer divides by GA
+    loss = masked_lm_loss(model, inputs, num_items_in_batch) * token_average_scale(trainer, num_items_in_batch)
+    micro_batches = trainer.current_gradient_accumulation_steps
+    penalty = adalora_orth_penalty(model) * adalora_penalty_weight(model) / (micro_batches if scaled else 1)
+    trainer.adalora_penalties.add(trainer.state.global_step, float(penalty.detach()) / (1 if scaled else micro_batches))
+    return loss + penalty

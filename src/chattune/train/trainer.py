@@ -209,9 +209,16 @@ def make_trainer_class():
         def log(self, logs, *args, **kwargs):
             if "loss" in logs:  # every rank logs the same steps: token counts become sums over ranks
                 self.counter.sync(lambda values: distributed.sum_over_ranks(self, values))
+                if self.adalora_penalties:  # the logged loss is the cross-entropy; the penalty apart
+                    penalty = self.adalora_penalties.mean_per_step()
+                    logs["loss"], logs["adalora_penalty"] = round(logs["loss"] - penalty, 4), round(penalty, 4)
             super().log(logs, *args, **kwargs)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.adalora_penalties is not None:
+                from chattune.train.methods import adalora_loss
+
+                return adalora_loss(self, model, inputs, return_outputs, num_items_in_batch)
             if not (self.skip_prompt_logits and model.training and not return_outputs):
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             from chattune.train.loss import masked_lm_loss
@@ -223,6 +230,7 @@ def make_trainer_class():
 
     CountingTrainer.skip_prompt_logits = False
     CountingTrainer.micro_batch_tokens = 0
+    CountingTrainer.adalora_penalties = None
     return CountingTrainer
 
 
@@ -304,9 +312,12 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
     )
     trainer.progress, trainer.keep_checkpoints = progress, cfg.train.keep_checkpoints
     trainer.counter = counter
-    # AdaLoRA adds its orthogonality penalty to the loss the model computes itself
-    trainer.skip_prompt_logits = cfg.train.skip_prompt_logits and cfg.lora.method != "adalora"
+    trainer.skip_prompt_logits = cfg.train.skip_prompt_logits
     trainer.micro_batch_tokens = micro_batch_budget(cfg, device)
+    if cfg.lora.method == "adalora":
+        from chattune.train.methods import PenaltyLog
+
+        trainer.adalora_penalties = PenaltyLog()
     progress.start()
     monitoring.start(cfg)
     try:
