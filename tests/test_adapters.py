@@ -110,6 +110,45 @@ def test_adalora_budget_shrinks_during_training(varied_tiny_model_dir, tmp_path)
     assert torch.allclose(trained, reloaded, atol=1e-4)
 
 
+def test_adalora_logs_cross_entropy_apart_from_its_penalty(varied_tiny_model_dir, tmp_path, write_jsonl):
+    """peft adds orth_reg_weight x penalty to the loss of a model given labels: chattune logs, evaluates
+    and ranks the cross-entropy, and `chattune eval --metric loss` works on the reloaded AdaLoRA adapter."""
+    import json
+    import math
+    import warnings
+
+    from chattune.eval.runner import run_eval
+    from chattune.model.adapters import ranks_pruned_to_zero
+    from chattune.train.methods import adalora_orth_penalty
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outcome = _train(
+            varied_tiny_model_dir, tmp_path / "run", "lora.method=adalora", "lora.r=6", "lora.adalora_target_r=2",
+            "lora.adalora_tfinal=1", "train.max_steps=4", "data.eval_ratio=0.25", "train.eval_steps=2",
+        )
+    assert ranks_pruned_to_zero(outcome.model) > 0, "the budget pruned some module to rank 0"
+    assert not [w for w in caught if "shards were not gathered" in str(w.message)]
+    records = [json.loads(line) for line in (outcome.run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert len(steps) == 4 and all(r["adalora_penalty"] > 0 for r in steps)
+    assert [r["step"] for r in records if "eval_loss" in r] == [2, 4]
+    model = outcome.model.train()  # peft adds its penalty in any mode when labels are passed
+    labels = IDS.clone()
+    with torch.no_grad():
+        with_penalty = float(model(input_ids=IDS, labels=labels).loss)
+        logits = model(input_ids=IDS).logits
+        cross_entropy = float(torch.nn.functional.cross_entropy(logits[0, :-1], IDS[0, 1:]))
+        penalty = float(adalora_orth_penalty(model)) * model.peft_config["default"].orth_reg_weight
+    assert with_penalty == pytest.approx(cross_entropy + penalty, rel=1e-5)
+    assert penalty > 0.01, "the penalty the logged loss leaves out is not negligible"
+    data = write_jsonl([{"instruction": "Who are you?", "output": "I am Tuna."}])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # peft's rank_pattern warning stays quiet
+        result = run_eval(str(outcome.run_dir), data, ["loss"], out=tmp_path / "eval")
+    assert math.isfinite(result.summary["metrics"]["loss"]) and result.summary["trained_tokens"] > 0
+
+
 def test_adalora_schedule_too_long_for_the_run_fails_before_loading(tiny_model_dir, tmp_path, monkeypatch):
     from chattune.train import trainer
 

@@ -101,3 +101,13 @@ def test_explicit_target_matching_nothing_names_the_models_linear_layers(arch_mo
 
 def _must_not_load(*args, **kwargs):
     raise AssertionError("the weights must not load")
+
+
+def test_embedding_target_of_a_tied_model_is_refused_before_loading(tiny_model_dir, tmp_path, monkeypatch):
+    """Seed 003 adapts the token embeddings; on a tied model the merged export would change the head too."""
+    from chattune.train import trainer
+
+    monkeypatch.setattr(trainer, "load_base_model", _must_not_load)
+    with pytest.raises(ConfigError, match=r"model.embed_tokens is the input embedding .* shares its weight"):
+        trainer.train(_cfg(tiny_model_dir, tmp_path / "r", "lora.targets=[embed_tokens,q_proj]"))
+    assert not (tmp_path / "r").exists(), "nothing is left behind"

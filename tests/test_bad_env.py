@@ -265,3 +265,17 @@ def test_estimated_size_counts_adapter_copies_and_checkpoints():
     adapter = 4 * 1_000_000  # fp32 bytes of 1M trainable parameters
     assert rundir.estimated_size(1_000_000, 0) == 3 * adapter + rundir.SPACE_MARGIN
     assert rundir.estimated_size(1_000_000, 3) - rundir.estimated_size(1_000_000, 2) == 3 * adapter
+
+
+def test_bitsandbytes_hub_kernel_notice_is_dropped_and_other_warnings_kept(caplog):
+    """On AVX512-BF16 CPUs bitsandbytes logs that it could not fetch a hub kernel on every import."""
+    import logging
+
+    import chattune  # noqa: F401  (installs the filter)
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING):
+        logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please ...", "no kernels")
+        logger.warning("a real bitsandbytes problem")
+    assert "gemm_4bit_forward" not in caplog.text
+    assert "a real bitsandbytes problem" in caplog.text

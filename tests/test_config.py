@@ -65,3 +65,35 @@ def test_example_configs_validate():
     assert configs
     for path in configs:
         load_config(path)
+
+
+def test_relative_paths_in_a_config_file_are_found_next_to_it(tmp_path, monkeypatch):
+    """configs/huanhuan.yaml's data from any directory; hub ids, built-ins and overrides stay as written."""
+    folder = tmp_path / "recipes"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "rows.jsonl").write_text("{}\n")
+    (folder / "run.yaml").write_text(
+        "model: {name: Qwen/Qwen1.5-7B-Chat}\n"
+        "data: {path: data/rows.jsonl, eval_path: missing.jsonl}\n")
+    (folder / "mix.yaml").write_text("data: {sources: [{path: data/rows.jsonl, weight: 1}]}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(folder / "run.yaml")
+    assert cfg.data.path == str(folder / "data" / "rows.jsonl")
+    assert load_config(folder / "mix.yaml").data.sources[0].path == str(folder / "data" / "rows.jsonl")
+    assert cfg.model.name == "Qwen/Qwen1.5-7B-Chat", "a hub id is not a path"
+    assert cfg.data.eval_path == "missing.jsonl", "nothing of that name beside the file: left as written"
+    assert load_config(folder / "run.yaml", ["data.path=data/rows.jsonl"]).data.path == "data/rows.jsonl"
+    assert load_config(None, ["data.path=builtin:self-cognition"]).data.path == "builtin:self-cognition"
+
+
+def test_shipped_huanhuan_config_finds_the_shared_data_from_anywhere(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parent.parent / "configs" / "huanhuan.yaml"
+    shared = config.parent.parent.parent / "shared" / "data" / "huanhuan.json"
+    if not shared.exists():
+        pytest.skip(f"{shared} not here: the shared data sits beside the checkout on this project's machines")
+    monkeypatch.chdir(tmp_path)
+    assert Path(load_config(config).data.path) == shared.resolve()

@@ -18,7 +18,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def make_run(parent, name, losses, best=None, evals=()):
     run = parent / name
     (run / "adapter").mkdir(parents=True)
-    cfg = load_config(None, [f"name={name}", "data.path=topics.jsonl", "train.metric=accuracy"])
+    cfg = load_config(None, [f"name={name}", "data.path=topics.jsonl", "train.metric=accuracy", "model.quantize=4bit",
+                             "lora.method=dora", "lora.dropout=0.08", "data.system=Classify.", "data.eval_path=t.jsonl"])
     (run / "config.yaml").write_text(cfg.to_yaml())
     records = [{"step": i + 1, "loss": v, "lr": 1e-3} for i, v in enumerate(losses)]
     records += [{"step": len(losses), "eval_loss": losses[-1] + 0.1}, {"step": len(losses), "eval_accuracy": 0.8}]
@@ -58,6 +59,10 @@ def run(tmp_path):
 def test_report_is_self_contained_with_all_sections(run):
     path = write_report(run)
     assert path == run / REPORT
+    html = path.read_text()
+    for key, value in (("model.quantize", "4bit"), ("lora.method", "dora"), ("lora.dropout", "0.08"),
+                       ("data.system", "Classify."), ("data.eval_path", "t.jsonl")):
+        assert key in html and value in html, key
     html = path.read_text()
     for heading in ("Configuration", "Data", "Curves", "Metrics", "Predictions"):
         assert f"<h2>{heading}</h2>" in html
@@ -104,6 +109,8 @@ def test_cli_report_runs_compare(tmp_path, run, capsys):
     assert "classify-1" in capsys.readouterr().out
     assert main(["compare", str(run), str(run), "--out", str(tmp_path / "c.png")]) == 0
     assert (tmp_path / "c.png").read_bytes()[:8] == PNG
+    assert main(["compare", str(run), "--out", str(tmp_path / "one.png")]) == 2
+    assert "two or more run dirs" in capsys.readouterr().err and not (tmp_path / "one.png").exists()
     assert main(["report", str(tmp_path / "missing")]) == 2
 
 

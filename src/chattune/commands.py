@@ -206,7 +206,11 @@ def cmd_runs(args: Namespace) -> int:
 
 
 def cmd_compare(args: Namespace) -> int:
+    from chattune.config import ConfigError
     from chattune.report.runs import compare_runs
+
+    if len(args.run_dirs) < 2:
+        raise ConfigError(f"compare needs two or more run dirs, got {len(args.run_dirs)}: {' '.join(args.run_dirs)}")
 
     Console().print(f"[green]wrote[/] {compare_runs(args.run_dirs, args.out)}")
     return 0

@@ -40,9 +40,9 @@ def is_quantized_run(cfg) -> bool:
 
 def load_run(run_path: str | Path) -> LoadedRun:
     import torch
-    from peft import PeftModel
 
-    from chattune.adapter_base import check_adapter_base, check_adapter_shapes
+    from chattune.adapter_base import check_adapter_base
+    from chattune.model.adapters import load_trained_adapter
     from chattune.model.load import load_base_model, open_tokenizer
     from chattune.models import resolve_model
 
@@ -58,8 +58,7 @@ def load_run(run_path: str | Path) -> LoadedRun:
         # trained model (bitsandbytes' 4-bit matmul is x @ dequantize(W)), and the merge adds the delta in
         # fp32 (peft's merge into a 4-bit layer would re-quantize the sum)
         base = dequantize(base)
-    check_adapter_shapes(run.adapter, base)
-    model = PeftModel.from_pretrained(base, str(run.adapter))
+    model = load_trained_adapter(base, run.adapter)
     model.eval()
     stops = stop_token_ids(tokenizer, getattr(base, "generation_config", None))
     return LoadedRun(run, cfg, tokenizer, model, stops)

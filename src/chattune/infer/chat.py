@@ -109,12 +109,9 @@ class ChatModel:
 
 
 def _with_adapter(base, adapter_path):
-    from peft import PeftModel
+    from chattune.model.adapters import load_trained_adapter
 
-    from chattune.adapter_base import check_adapter_shapes
-
-    check_adapter_shapes(adapter_path, base)
-    return PeftModel.from_pretrained(base, str(adapter_path))
+    return load_trained_adapter(base, adapter_path)
 
 
 def repl(chat: ChatModel, settings: GenerationSettings, read=input, write=print) -> None:

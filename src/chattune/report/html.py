@@ -31,8 +31,9 @@ img{max-width:100%}.muted{color:#777}pre{white-space:pre-wrap;background:#f8f8f8
 """
 
 CONFIG_KEYS = [
-    ("model", "name"), ("data", "path"), ("data", "eval_ratio"), ("data", "max_length"),
-    ("lora", "r"), ("lora", "alpha"), ("lora", "targets"), ("train", "epochs"), ("train", "max_steps"),
+    ("model", "name"), ("model", "quantize"), ("data", "path"), ("data", "eval_path"), ("data", "eval_ratio"),
+    ("data", "max_length"), ("data", "system"), ("lora", "method"), ("lora", "r"), ("lora", "alpha"),
+    ("lora", "dropout"), ("lora", "targets"), ("train", "epochs"), ("train", "max_steps"),
     ("train", "lr"), ("train", "batch_size"), ("train", "grad_accum"), ("train", "scheduler"),
     ("train", "metric"), ("train", "eval_every"), ("train", "patience"), ("train", "tracking"),
 ]

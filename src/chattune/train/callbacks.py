@@ -31,7 +31,7 @@ class MetricsLogger(TrainerCallback):
         if not logs or not state.is_world_process_zero:
             return
         record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
-        for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
+        for key in ("loss", "eval_loss", "learning_rate", "grad_norm", "adalora_penalty"):
             if key in logs:
                 record["lr" if key == "learning_rate" else key] = float(logs[key])
         if "loss" in logs:

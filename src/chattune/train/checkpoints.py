@@ -16,6 +16,8 @@ import re
 import shutil
 from pathlib import Path
 
+from chattune.model.adapters import quiet_pruned_ranks
+
 CHECKPOINTS = "checkpoints"
 PREFIX = "checkpoint-"
 STAGING = ".tmp-checkpoint-"
@@ -141,7 +143,8 @@ class AtomicCheckpoints:
         self.accelerator.wait_for_everyone()
         self._staging_root = staging
         try:
-            super()._save_checkpoint(model, trial)  # writes staging/checkpoint-STEP
+            with quiet_pruned_ranks(model):  # AdaLoRA ranks pruned to 0 are not unsharded tensors
+                super()._save_checkpoint(model, trial)  # writes staging/checkpoint-STEP
         finally:
             self._staging_root = None
         self.accelerator.wait_for_everyone()

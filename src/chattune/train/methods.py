@@ -37,11 +37,12 @@ def preflight(cfg, device: str, n_examples: int, console=None) -> int | None:
     if note and console:
         console.print(f"[yellow]note[/]: {note}")
     if cfg.lora.targets != "all-linear":
-        from chattune.model.adapters import resolve_targets
+        from chattune.model.adapters import refuse_tied_embedding_targets, resolve_targets
         from chattune.model.load import model_skeleton
 
+        skeleton = model_skeleton(cfg.model)
         try:
-            resolve_targets(model_skeleton(cfg.model), cfg.lora.targets)
+            refuse_tied_embedding_targets(skeleton, resolve_targets(skeleton, cfg.lora.targets))
         except ValueError as err:
             raise ConfigError(str(err)) from None
     if cfg.lora.method != "adalora":

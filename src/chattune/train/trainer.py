@@ -331,7 +331,8 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
         raise
     monitoring.close()
     seconds = progress.seconds()  # a resumed run: wall time of every session
-    if plan and plan.checkpoint:  # the Trainer's training_loss covers only this session's steps
+    # a resumed run: the Trainer's training_loss covers only this session's steps; AdaLoRA: it includes the penalty
+    if (plan and plan.checkpoint) or cfg.lora.method == "adalora":
         result = result._replace(training_loss=logged_mean_loss(metrics.records) or result.training_loss)
     state_dict = distributed.full_state_dict(trainer)  # FSDP / DeepSpeed: every rank helps gather the weights
     digests = distributed.rank_adapter_digests(model, cfg.train)  # several processes: one per rank, all equal
