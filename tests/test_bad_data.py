@@ -170,3 +170,22 @@ def test_jsonl_line_with_unicode_line_separator_is_one_row(write_jsonl):
     path = write_jsonl([{"instruction": "a\u2028b\u0085c", "output": "d"}])  # raw U+2028 / U+0085 in the file
     (conv,) = load_conversations(path)
     assert conv.messages[0]["content"] == "a\u2028b\u0085c" and conv.source.endswith(":1")
+
+
+def test_symlink_loop_and_unreadable_file_are_named_as_such(tmp_path, monkeypatch):
+    """As root every file is readable, so the permission error is raised the way the OS raises it."""
+    from chattune.data.sources import read_rows
+
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(tmp_path / "loop.jsonl")
+    with pytest.raises(DataError, match=r"loop.jsonl: a symbolic link that leads nowhere"):
+        read_rows(loop)
+    locked = tmp_path / "locked.jsonl"
+    locked.write_text('{"instruction": "q", "output": "a"}\n')
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(DataError, match=r"locked.jsonl: cannot read the file \(permission denied\)"):
+        read_rows(locked)

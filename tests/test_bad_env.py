@@ -82,6 +82,7 @@ def test_every_example_dropped_is_an_error_saying_what_to_do(tmp_path, write_jso
     ("folder without config.json", "not a model folder (no config.json inside)"),
     ("a file", "is a file, not a model folder"),
     ("config.json but no weights", "has config.json but no weights"),
+    ("config.json alone", "no usable tokenizer in this folder"),
 ])
 def test_model_path_that_is_not_a_model(kind, says, tmp_path, tiny_model_dir, cli):
     model = tmp_path / "model"
@@ -92,6 +93,10 @@ def test_model_path_that_is_not_a_model(kind, says, tmp_path, tiny_model_dir, cl
         shutil.copytree(tiny_model_dir, model, ignore=shutil.ignore_patterns("*.safetensors"))
         if kind == "folder without config.json":
             (model / "config.json").unlink()
+        if kind == "config.json alone":  # the tokenizer loads first, before the weights are looked for
+            for path in model.iterdir():
+                if path.name != "config.json":
+                    path.unlink()
     run = tmp_path / "run"
     code, err = cli("train", f"model.name={model}", "data.size=4", f"run_dir={run}")
     assert code == 2 and f"{model}: {says}" in err and "Traceback" not in err
@@ -246,6 +251,7 @@ def test_a_full_disk_fails_before_the_tokenizer_loads(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda path: DiskUsage(10 * 2**30, 10 * 2**30 - 2**20, 2**20))
     with pytest.raises(rundir.RunDirError, match=r"only 1.0 MiB free on this disk, but the run needs about 32 MiB"):
         prepare_run_dir(load_config(None, [f"run_dir={tmp_path / 'run'}"]))
+    assert not (tmp_path / "run").exists(), "the run dir made for the refused run is removed again"
 
 
 def test_too_little_space_for_adapter_and_checkpoints_fails_before_the_first_step(tmp_path, tiny_model_dir,

@@ -97,3 +97,12 @@ def test_shipped_huanhuan_config_finds_the_shared_data_from_anywhere(tmp_path, m
         pytest.skip(f"{shared} not here: the shared data sits beside the checkout on this project's machines")
     monkeypatch.chdir(tmp_path)
     assert Path(load_config(config).data.path) == shared.resolve()
+
+
+@pytest.mark.parametrize("override", ["train.lr=inf", "train.lr=.nan", "train.weight_decay=inf", "lora.dropout=nan",
+                                      "train.max_steps=0", "train.max_steps=-5"])
+def test_non_finite_numbers_and_step_counts_that_mean_nothing_are_refused(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+    assert load_config(None, ["train.max_steps=-1"]).train.max_steps == -1  # -1: by epochs

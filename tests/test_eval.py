@@ -210,8 +210,17 @@ def test_builtin_topic_classify_is_deterministic_and_disjoint(tmp_path):
     convs = load_source(cfg.data, cfg.data.path, seed=123)  # the run seed does not move the split
     assert [c.messages for c in convs] == [c.messages for c in topic_conversations()]
     assert convs[0].messages[-1]["content"] in LABELS
-    train_file, test_file = write_files(tmp_path)
-    assert len(test_file.read_text().splitlines()) == 100 and train_file.is_file()
+    train_file, train_task, test_file, test_task = write_files(tmp_path)
+    assert len(test_file.read_text().splitlines()) == 100 and train_file.is_file() and train_task.is_file()
+    from chattune.data.builtin_classify import INSTRUCTION
+    from chattune.data.formats import RowSpec, row_to_messages
+
+    spec = RowSpec(prompt=INSTRUCTION.replace("{labels}", "{category}"), response="output")
+    raw = [json.loads(line) for line in test_task.read_text().splitlines()]
+    assert set(raw[0]) == {"text", "category", "output"}  # seed 002's columns
+    as_task = [row_to_messages(r, "t", spec)[0] for r in raw]
+    assert [m[-2:] for m in as_task] == [[{"role": "user", "content": r["instruction"]},
+                                          {"role": "assistant", "content": r["output"]}] for r in test_rows]
 
 
 TASK_ROWS = [  # seed 002's raw task file: text, options, label; no instruction field

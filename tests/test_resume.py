@@ -322,3 +322,39 @@ def test_kill_9_at_random_points_never_leaves_half_a_checkpoint(tiny_model_dir, 
     assert list(_losses(run_dir)) == list(range(1, steps + 1))
     assert _check_checkpoints(run_dir / "checkpoints") == steps
     assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_resuming_a_finished_mid_epoch_run_is_a_no_op(straight, tiny_model_dir, tmp_path, capsys):
+    """max_steps=6 ends mid-epoch: a requeued job (the same command with --resume auto) trains nothing."""
+    import shutil
+
+    from chattune.train.trainer import train
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight, run_dir)
+    before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    outcome = train(_cfg(tiny_model_dir, run_dir, "train.max_steps=6", "train.save_every=2"), resume="auto")
+    assert "already finished" in capsys.readouterr().err
+    assert outcome.summary["steps"] == 6 and outcome.model is None
+    after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert after == before, "nothing in the run dir changed"
+
+
+def test_killed_after_the_last_checkpoint_resume_saves_without_training(straight, tiny_model_dir, tmp_path):
+    """The last checkpoint (step 6) committed, then kill -9 before the final save: resume writes the run
+    dir from it, taking no seventh step."""
+    import shutil
+
+    from chattune.train.trainer import train
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight, run_dir)
+    for name in (rundir.SUMMARY, rundir.LOSS_PLOT):
+        (run_dir / name).unlink()
+    shutil.rmtree(run_dir / rundir.ADAPTER)
+    outcome = train(_cfg(tiny_model_dir, run_dir, "train.max_steps=6", "train.save_every=2"), resume="auto")
+    assert outcome.summary["steps"] == 6
+    assert sorted(_losses(run_dir)) == [1, 2, 3, 4, 5, 6]
+    straight_adapter, resumed = _adapter(straight), _adapter(run_dir)
+    assert all(torch.equal(straight_adapter[k], resumed[k]) for k in straight_adapter)
+    assert json.loads((run_dir / rundir.SUMMARY).read_text())["final_loss"] == _losses(straight)[6]

@@ -135,3 +135,24 @@ def test_existing_run_dir_is_refused(tmp_path):
     (tmp_path / "r" / "x").write_text("x")
     with pytest.raises(FileExistsError, match="already exists"):
         prepare_run_dir(load_config(None, [f"run_dir={tmp_path / 'r'}"]))
+
+
+def test_training_stops_at_the_first_non_finite_loss_and_saves_nothing(tiny_model_dir, tmp_path):
+    """An lr that blows the weights up: the run stops naming the step and the likely causes; no adapter,
+    no checkpoint of that step, no NaN/Infinity in metrics.jsonl."""
+    from chattune.train.callbacks import TrainingDiverged
+    from chattune.train.trainer import train
+
+    cfg = load_config(None, [
+        f"model.name={tiny_model_dir}", f"run_dir={tmp_path / 'run'}", "data.size=8", "train.max_steps=6",
+        "train.batch_size=2", "train.grad_accum=1", "train.lr=1e30", "train.save_every=1",
+        "train.precision=fp32",
+    ])
+    with pytest.raises(TrainingDiverged, match=r"step \d+: .*train.lr=1e\+30") as err:
+        train(cfg)
+    step = int(str(err.value).split(":")[0].split()[-1])
+    run = tmp_path / "run"
+    assert not (run / "adapter").exists()
+    assert not (run / "checkpoints" / f"checkpoint-{step}").exists()
+    text = (run / "metrics.jsonl").read_text() if (run / "metrics.jsonl").exists() else ""
+    assert "NaN" not in text and "Infinity" not in text

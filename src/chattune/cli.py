@@ -190,8 +190,8 @@ def _add_eval_parsers(sub) -> None:
                           help="how to read the rows, e.g. --set 'data.prompt=Text: {text}' --set data.response=label "
                           "(repeatable; on top of the run's own data settings)")
     evaluate.add_argument("--like", metavar="RUN_DIR",
-                          help="read the rows as RUN_DIR was trained (its data.prompt, data.system, ...): "
-                          "score a base model on the same raw file as a run")
+                          help="read and render the rows as RUN_DIR was trained (its data.prompt, data.system, tokenizer "
+                          "and chat template): score a base model on the same raw file, in the same format, as a run")
 
     report = sub.add_parser(
         "report", help="write RUN_DIR/report.html (self-contained: config, data, curves, metrics, predictions)",

@@ -14,8 +14,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from chattune.data.templates import TemplateError
     from chattune.models import ModelSourceError
     from chattune.rundir import RunDirError
+    from chattune.train.callbacks import TrainingDiverged
 
-    return (ConfigError, DataError, TemplateError, ModelSourceError, RunDirError, FileExistsError)
+    return (ConfigError, DataError, TemplateError, ModelSourceError, RunDirError, FileExistsError, TrainingDiverged)
 
 
 def run_command(args: Namespace) -> int:

@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # lr=inf: refused
 
 
 class ModelConfig(_Section):
@@ -212,6 +212,13 @@ class TrainConfig(_Section):
     deepspeed: str | None = Field(
         None, description="DeepSpeed config JSON (e.g. configs/distributed/zero2.json, zero3.json); needs deepspeed"
     )
+
+    @field_validator("max_steps")
+    @classmethod
+    def _max_steps(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError("give a positive number of optimizer steps, or -1 to train by train.epochs")
+        return value
 
     @field_validator("optim")
     @classmethod

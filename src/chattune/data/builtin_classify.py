@@ -4,7 +4,8 @@ Sentences are built from per-topic templates (subject + event + detail), so the 
 deterministic, needs no download, and its train and test splits never share a sentence.
 Each row asks for the topic among LABELS, in seed 002's shape (text + list of options);
 the answer is the label alone. `python -m chattune.data.builtin_classify OUT_DIR` writes
-train.jsonl and test.jsonl (alpaca rows) for `chattune train` / `chattune eval`.
+train.jsonl and test.jsonl (alpaca rows) and train-task.jsonl / test-task.jsonl (the same
+sentences as seed 002's raw columns text, category, output) for `chattune train` / `eval`.
 """
 
 from __future__ import annotations
@@ -66,24 +67,34 @@ PARTS: dict[str, tuple[list[str], list[str], list[str]]] = {
 LABELS = list(PARTS)
 
 
-def topic_rows(split: str = "train", size: int | None = None, seed: int = 0) -> list[dict]:
-    """Alpaca rows {system, instruction, input, output}; train and test share no sentence.
+def topic_texts(split: str = "train", seed: int = 0) -> list[tuple[str, str]]:
+    """(sentence, label) pairs; train and test share no sentence.
 
     Per topic, the template combinations are shuffled with `seed`; the first 70 go to train and
-    the next 20 to test. `size` (optional) keeps a seeded subset.
+    the next 20 to test.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     rng = random.Random(seed)
-    rows = []
+    pairs = []
     for label, (subjects, events, details) in PARTS.items():
         combos = [" ".join(c) for c in itertools.product(subjects, events, details)]
         rng.shuffle(combos)
-        chosen = combos[:70] if split == "train" else combos[70:90]
-        rows += [{"system": SYSTEM, "instruction": INSTRUCTION.format(text=t, labels=", ".join(LABELS)),
-                  "input": "", "output": label} for t in chosen]
-    rng.shuffle(rows)
+        pairs += [(text, label) for text in (combos[:70] if split == "train" else combos[70:90])]
+    rng.shuffle(pairs)
+    return pairs
+
+
+def topic_rows(split: str = "train", size: int | None = None, seed: int = 0) -> list[dict]:
+    """Alpaca rows {system, instruction, input, output}; `size` (optional) keeps a seeded subset."""
+    rows = [{"system": SYSTEM, "instruction": INSTRUCTION.format(text=t, labels=", ".join(LABELS)),
+             "input": "", "output": label} for t, label in topic_texts(split, seed)]
     return rows[:size] if size else rows
+
+
+def task_rows(split: str = "train", seed: int = 0) -> list[dict]:
+    """Seed 002's raw task rows {text, category, output}: read with data.prompt / data.response."""
+    return [{"text": t, "category": ", ".join(LABELS), "output": label} for t, label in topic_texts(split, seed)]
 
 
 def topic_conversations(size: int | None = None, seed: int = 0, system: str | None = None) -> list[Conversation]:
@@ -98,14 +109,15 @@ def topic_conversations(size: int | None = None, seed: int = 0, system: str | No
 
 
 def write_files(out_dir: str | Path, seed: int = 0) -> list[Path]:
+    """train/test.jsonl (alpaca rows) and train/test-task.jsonl (seed 002's raw columns), same sentences."""
     from chattune.rundir import write_text_atomic
 
     out = Path(out_dir)
     written = []
     for split in ("train", "test"):
-        path = out / f"{split}.jsonl"
-        write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in topic_rows(split, seed=seed)))
-        written.append(path)
+        for name, rows in ((f"{split}.jsonl", topic_rows(split, seed=seed)), (f"{split}-task.jsonl", task_rows(split, seed))):
+            write_text_atomic(out / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            written.append(out / name)
     return written
 
 

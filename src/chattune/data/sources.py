@@ -31,13 +31,19 @@ def read_rows(path: Path, errors: list[DataError] | None = None) -> list[tuple[i
     the row skipped. Whole-file problems (missing, empty, a broken JSON array) always raise.
     """
     if not path.exists():
+        if path.is_symlink():
+            raise DataError(str(path), "a symbolic link that leads nowhere (a loop, or its target is missing)")
         raise DataError(str(path), f"file not found; check the path (relative paths start in {Path.cwd()})")
     if path.is_dir():
         return _saved_dataset_rows(path)
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return _parquet_rows(path)
-    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    except PermissionError:
+        raise DataError(str(path), "cannot read the file (permission denied); make it readable (chmod +r) "
+                                   "or copy it somewhere you can read") from None
     if not raw.strip():
         raise DataError(str(path), "file is empty; it needs at least one row")
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -117,6 +123,10 @@ def _csv_rows(path: Path, text: str, delimiter: str, errors=None) -> list[tuple[
         header = next(reader)
     except csv.Error as err:
         raise DataError(f"{path}:1", f"invalid CSV header ({err})") from None
+    other = {",": "\t", "\t": ","}[delimiter]
+    if len(header) == 1 and other in header[0]:
+        named = {",": "tab-separated (name it .tsv)", "\t": "comma-separated (name it .csv)"}[delimiter]
+        raise DataError(f"{path}:1", f"the header has no {delimiter!r} but {other!r}: the file looks {named}")
     if len(set(header)) != len(header) or not all(h.strip() for h in header):
         raise DataError(f"{path}:1", f"the header must name every column once, got {header}")
     rows = []

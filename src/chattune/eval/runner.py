@@ -164,6 +164,8 @@ def run_eval(target: str, data: str | Path, metrics: list[str], labels: list[str
     need_reference = any(m != "stop_rate" for m in metrics)
     rows = load_eval_rows(data, row_spec_for(target, settings, like), need_reference)  # before the model loads
     chat = ChatModel.load(target, device=device)
+    if like:
+        chat.use_run_format(like)
     extra = {}
     if "loss" in metrics:  # first: seconds, where generation takes minutes
         convs = [with_system([*r.prompt, {"role": "assistant", "content": r.reference}], chat.system) for r in rows]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chattune.models import check_weights, resolve_model
+from chattune.models import ModelSourceError, check_weights, resolve_model
 
 
 def load_tokenizer(model_cfg):
@@ -23,7 +23,15 @@ def load_tokenizer(model_cfg):
 def open_tokenizer(source: str, revision: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    except (ValueError, OSError) as err:
+        if not Path(source).is_dir():
+            raise
+        raise ModelSourceError(
+            f"{source}: no usable tokenizer in this folder (tokenizer.json / tokenizer_config.json; "
+            f"{type(err).__name__}: {str(err).splitlines()[0][:200]}); copy the model's tokenizer files "
+            "there, or borrow one with model.tokenizer=PATH") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer

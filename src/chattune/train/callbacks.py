@@ -1,14 +1,40 @@
-"""Trainer callbacks: append each logged step to metrics.jsonl with token throughput."""
+"""Trainer callbacks: stop at a non-finite loss or gradient; append each logged step to metrics.jsonl."""
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 from chattune.train.distributed import is_main
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite: nothing more is trained or saved."""
+
+
+class StopOnNonFinite(TrainerCallback):
+    """Raises at the first logged step whose loss or gradient norm is not finite.
+
+    Runs before MetricsLogger, so metrics.jsonl never holds NaN/Infinity, and before the
+    Trainer's save of that step, so no checkpoint or adapter with non-finite weights is written.
+    """
+
+    def __init__(self, precision: str, lr: float):
+        self.precision, self.lr = precision, lr
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        bad = {k: logs[k] for k in ("loss", "grad_norm", "eval_loss") if k in (logs or {})
+               and isinstance(logs[k], int | float) and not math.isfinite(logs[k])}
+        if bad:
+            found = ", ".join(f"{k} {v}" for k, v in bad.items())
+            raise TrainingDiverged(
+                f"step {state.global_step}: {found}; training stopped and nothing was saved from this step. "
+                f"Likely causes: train.lr={self.lr:g} too high (try 10x lower), train.precision={self.precision} "
+                "(try train.precision=fp32), or data rows with no trained token (chattune data inspect)")
 
 
 class MetricsLogger(TrainerCallback):

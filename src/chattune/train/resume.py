@@ -56,6 +56,19 @@ class ResumePlan:
     def step(self) -> int:
         return checkpoint_step(self.checkpoint) if self.checkpoint else 0
 
+    def finished_summary(self) -> dict | None:
+        """The run dir's summary.json when the run already finished at this checkpoint's step."""
+        path = self.run_dir / rundir.SUMMARY
+        if self.checkpoint is None or not path.is_file() or not (self.run_dir / rundir.ADAPTER).is_dir():
+            return None
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        return summary if summary.get("steps") == self.step else None
+
+    def training_done(self, total_steps: int) -> bool:
+        """The checkpoint is at the run's last step, or where early stopping ended it."""
+        stopped_early = (self.state.get("eval") or {}).get("stopped_early_at")
+        return self.checkpoint is not None and (self.step >= total_steps or stopped_early == self.step)
+
     def check_data(self, stats: dict) -> None:
         """Refuse when the tokenized training data differs from what the checkpoint trained on."""
         before = (self.state.get("data_stats") or {}).get("train")
@@ -224,3 +237,20 @@ def logged_mean_loss(records: list[dict]) -> float | None:
     """Mean training loss over all logged steps (a resumed Trainer only knows its own part)."""
     losses = [r["loss"] for r in records if "loss" in r]
     return sum(losses) / len(losses) if losses else None
+
+
+def fit(trainer, plan: ResumePlan | None, total_steps: int):
+    """trainer.train(), continuing the plan's checkpoint; at a checkpoint where training was done, the
+    weights are only reloaded: the Trainer takes one more step before it checks max_steps (issue 21)."""
+    if plan is None or plan.checkpoint is None:
+        return trainer.train()
+    if not plan.training_done(total_steps):
+        return trainer.train(resume_from_checkpoint=str(plan.checkpoint))
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    set_peft_model_state_dict(trainer.model, load_file(str(plan.checkpoint / "adapter_model.safetensors")))
+    trainer.state = TrainerState.load_from_json(str(plan.checkpoint / "trainer_state.json"))
+    return TrainOutput(plan.step, 0.0, {})  # the loss: logged_mean_loss of the restored metrics

@@ -28,7 +28,7 @@ from chattune.model.load import (
 )
 from chattune.model.quant import compute_dtype, prepare_for_training
 from chattune.train import distributed
-from chattune.train.methods import method_callbacks, preflight
+from chattune.train.methods import method_callbacks, preflight, total_optimizer_steps
 from chattune.train.speed import (
     base_weight_dtype,
     batch_tokens,
@@ -88,7 +88,8 @@ def prepare_run_dir(cfg: RunConfig, resuming: bool = False) -> Path:
     except OSError as err:
         raise rundir.RunDirError(f"{path}: cannot write the run dir here ({err.strerror or err}); "
                                  "choose another output_dir or run_dir") from None
-    rundir.check_free_space(path, rundir.SPACE_MARGIN)
+    with rundir.removed_if_left_empty(path) if path in CREATED_RUN_DIRS else contextlib.nullcontext():
+        rundir.check_free_space(path, rundir.SPACE_MARGIN)  # refused: the folder made here goes again
     return path
 
 
@@ -246,6 +247,9 @@ def train(cfg: RunConfig, console: Console | None = None, resume: str | None = N
     console = distributed.rank_console(console)  # several processes: only rank 0 prints
     plan = plan_resume(cfg, resume) if resume else None  # refuses a changed config before anything loads
     cfg = plan.cfg if plan else cfg
+    if plan and (summary := plan.finished_summary()) is not None:  # requeued after the end: a no-op
+        console.print(f"[bold]already finished[/] {plan.run_dir} at step {plan.step}: nothing to do")
+        return TrainOutcome(plan.run_dir, None, summary)
     device = pick_device(cfg.train.device)
     distributed.check_engine(cfg, wants_eval_loop(cfg), device)
     distributed.join(device)
@@ -262,11 +266,11 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
     """Everything after the run dir exists: data, model, the Trainer, and the saved run."""
     from transformers import set_seed
 
-    from chattune.train.callbacks import MetricsLogger
+    from chattune.train.callbacks import MetricsLogger, StopOnNonFinite
     from chattune.train.interrupt import StopOnSignal
     from chattune.train.memory import release_freed_tensors
     from chattune.train.monitor import build_monitoring, check_monitoring
-    from chattune.train.resume import CheckpointState, logged_mean_loss, restore_run
+    from chattune.train.resume import CheckpointState, fit, logged_mean_loss, restore_run
 
     set_seed(cfg.seed)
     release_freed_tensors(cfg.train.mmap_threshold_kb)  # opt-in; before the weights load
@@ -308,7 +312,8 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
         train_dataset=data.train,
         eval_dataset=data.eval or None,
         data_collator=collator_for(cfg.train, tokenizer, model),
-        callbacks=[metrics, *monitoring.callbacks, stopper, *method_callbacks(cfg.lora)],
+        callbacks=[StopOnNonFinite(precision, cfg.train.lr), metrics, *monitoring.callbacks, stopper,
+                   *method_callbacks(cfg.lora)],
     )
     trainer.progress, trainer.keep_checkpoints = progress, cfg.train.keep_checkpoints
     trainer.counter = counter
@@ -322,7 +327,7 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
     monitoring.start(cfg)
     try:
         with stopper.handling_signals():
-            result = trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan and plan.checkpoint else None)
+            result = fit(trainer, plan, total_optimizer_steps(cfg.train, len(data.train)))
         stopper.raise_if_stopped(run_path)
         counter.sync(lambda values: distributed.sum_over_ranks(trainer, values))
         best = monitoring.keep_best(model, run_path, trainer.state.global_step)
