@@ -165,8 +165,8 @@ def test_resume_refuses_changed_data(tiny_model_dir, tmp_path, write_jsonl):
     args = [f"data.path={data}", "train.max_steps=1", "train.save_every=1"]
     train(_cfg(tiny_model_dir, run_dir, *args))
     write_jsonl([*rows[:-1], {"instruction": "question 7", "output": "a much longer answer than before"}])
-    with pytest.raises(ResumeError, match="training data changed"):
-        train(_cfg(tiny_model_dir, run_dir, *args), resume="auto")
+    with pytest.raises(ResumeError, match="training data changed"):  # continued for a second step
+        train(_cfg(tiny_model_dir, run_dir, *args, "train.max_steps=2"), resume="auto")
 
 
 def test_trim_metrics_drops_later_steps_and_a_cut_line(tmp_path):

@@ -61,6 +61,9 @@ class ResumePlan:
         path = self.run_dir / rundir.SUMMARY
         if self.checkpoint is None or not path.is_file() or not (self.run_dir / rundir.ADAPTER).is_dir():
             return None
+        saved = (self.state.get("config") or {}).get("train", {})
+        if any(saved.get(key) != getattr(self.cfg.train, key) for key in ("max_steps", "epochs")):
+            return None  # asked to train longer (or shorter) than the finished run did
         summary = json.loads(path.read_text(encoding="utf-8"))
         return summary if summary.get("steps") == self.step else None
 

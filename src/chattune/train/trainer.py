@@ -35,6 +35,7 @@ from chattune.train.speed import (
     collator_for,
     lora_in_autocast_dtype,
     micro_batch_budget,
+    without_training_autocast,
 )
 from chattune.train.token_budget import split_batch
 
@@ -335,6 +336,7 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
         monitoring.close(failed=True)
         raise
     monitoring.close()
+    model = without_training_autocast(model, precision)  # handed back as a fresh load would run it
     seconds = progress.seconds()  # a resumed run: wall time of every session
     # a resumed run: the Trainer's training_loss covers only this session's steps; AdaLoRA: it includes the penalty
     if (plan and plan.checkpoint) or cfg.lora.method == "adalora":
