@@ -39,3 +39,15 @@ def test_parser_lists_commands():
     text = build_parser().format_help()
     for command in ("train", "chat", "demo"):
         assert command in text
+
+
+def test_overrides_after_an_option_are_still_overrides(monkeypatch):
+    """`chattune train CONFIG --resume auto key=value`: the override is kept, not a bare argparse error."""
+    from chattune import cli, commands
+
+    seen = {}
+    monkeypatch.setattr(commands, "run_command", lambda args: seen.update(vars(args)) or 0)
+    assert cli.main(["train", "configs/demo.yaml", "--resume", "auto", "train.epochs=1", "lora.r=4"]) == 0
+    assert seen["resume"] == "auto" and seen["overrides"] == ["train.epochs=1", "lora.r=4"]
+    with pytest.raises(SystemExit):
+        cli.main(["train", "configs/demo.yaml", "--resume", "auto", "stray"])

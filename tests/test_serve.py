@@ -220,9 +220,11 @@ def test_bad_bodies(server, body, status, param):
 
 
 def test_malformed_json_is_422(server):
-    resp = httpx.post(server[0] + "/v1/chat/completions", content=b"{not json",
+    resp = httpx.post(server[0] + "/v1/chat/completions", content=b'{"model": "alpha", not json',
                       headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
-    _error(resp, 422)
+    error = _error(resp, 422)
+    assert error["param"] is None, "a character offset is not a field"
+    assert "not valid JSON" in error["message"] and "at character" in error["message"]
 
 
 def test_special_token_text_in_user_content_stays_text(tokenizer):

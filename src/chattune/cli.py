@@ -209,7 +209,13 @@ def _add_eval_parsers(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `train CONFIG --resume auto key=value`: argparse stops the overrides at the option, so the ones after
+    # it come back unrecognised; they are overrides all the same
+    if extra and hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` re-runs these under torchrun
     if args.version:
         from chattune import __version__

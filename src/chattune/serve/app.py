@@ -206,6 +206,12 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def invalid(request, exc: RequestValidationError):
         # The deepest error: of a union's failed members, the one that got furthest names the field.
         first = max(exc.errors(), key=lambda e: len(e.get("loc", ())), default={})
+        if first.get("type") == "json_invalid":  # its loc is a character offset, not a field
+            offset = next((p for p in first.get("loc", ()) if isinstance(p, int)), None)
+            detail = first.get("ctx", {}).get("error", first.get("msg", ""))
+            return error_response(422, f"the request body is not valid JSON ({detail}"
+                                  + (f", at character {offset})" if offset is not None else ")"),
+                                  param=None, code="json_invalid")
         loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _union_tag(p)]
         where = ".".join(loc)
         message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")

@@ -40,8 +40,16 @@ def _json_int(value):
     return value
 
 
+def _seed_range(value: int) -> int:
+    """Checked here, not with Field(ge, le): pydantic prints bounds above 2**53 as floats (18446744073709552000)."""
+    if not SEED_MIN <= value <= SEED_MAX:
+        raise ValueError(f"Input should be between {SEED_MIN} and {SEED_MAX}")
+    return value
+
+
 Text = Annotated[str, AfterValidator(_valid_unicode)]
 Int = Annotated[int, BeforeValidator(_json_int)]
+Seed = Annotated[int, BeforeValidator(_json_int), AfterValidator(_seed_range)]
 
 
 class TextPart(BaseModel):
@@ -85,7 +93,7 @@ class ChatRequest(BaseModel):
     max_tokens: Int | None = Field(None, ge=1, description="capped at the server's --max-tokens")
     max_completion_tokens: Int | None = Field(None, ge=1, description="same as max_tokens")
     stop: str | list[str] | None = None
-    seed: Int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
+    seed: Seed | None = None
     n: Int = Field(1, ge=1)
 
     @field_validator("stop")
