@@ -13,7 +13,7 @@ from rich.console import Console
 from chattune.cli import main
 from chattune.config import load_config
 from chattune.data.formats import DataError
-from chattune.train.trainer import prepare_data
+from chattune.data.prepare import prepare_data
 
 BAD = Path(__file__).parent / "data" / "bad"
 CASES = yaml.safe_load((BAD / "expected.yaml").read_text(encoding="utf-8"))

@@ -52,7 +52,7 @@ def _quiet() -> Console:
 
 
 def test_max_length_below_a_prompt_drops_that_example_with_its_reason(tokenizer, write_jsonl):
-    from chattune.train.trainer import prepare_data, report_data
+    from chattune.data.prepare import prepare_data, report_data
 
     path = write_jsonl([{"instruction": "Hi", "output": "Hello."}, {"instruction": "word " * 80, "output": "ok"}])
     cfg = load_config(None, [f"data.path={path}", "data.max_length=64"])

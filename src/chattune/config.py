@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from chattune.config_paths import anchor_paths
+
 BUILTIN_MODEL = "builtin:smollm2-135m-instruct"
 BUILTIN_DATA = "builtin:self-cognition"
 
@@ -280,7 +282,7 @@ class RunConfig(_Section):
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (or the defaults), apply `a.b=value` overrides, validate."""
-    raw = _anchor_paths(_read_yaml(Path(path)), Path(path).parent) if path else {}
+    raw = anchor_paths(_read_yaml(Path(path)), Path(path).parent) if path else {}
     for item in overrides or []:
         _apply_override(raw, item)
     return validate_config(raw, source=str(path) if path else "defaults")
@@ -291,33 +293,6 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_explain(err, source)) from None
-
-
-PATH_KEYS = (("model", "name"), ("model", "tokenizer"), ("data", "path"), ("data", "eval_path"), ("data", "template"),
-             ("train", "fsdp"), ("train", "deepspeed"))
-
-
-def _anchor_paths(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """A relative path written in a config file is looked up next to that file first.
-
-    `chattune train configs/huanhuan.yaml` then finds its data from any directory. A value with
-    nothing of that name beside the file (a hub id, builtin:NAME, a path meant from the current
-    directory) is left as written; overrides on the command line stay relative to where you run.
-    """
-    def anchored(value):
-        if not isinstance(value, str) or not value or Path(value).is_absolute() or ":" in value:
-            return value
-        candidate = folder / value
-        return str(candidate.resolve()) if candidate.exists() else value
-
-    for section, key in PATH_KEYS:
-        if isinstance(raw.get(section), dict) and key in raw[section]:
-            raw[section][key] = anchored(raw[section][key])
-    sources = raw.get("data", {}).get("sources") if isinstance(raw.get("data"), dict) else None
-    for source in sources if isinstance(sources, list) else []:
-        if isinstance(source, dict) and "path" in source:
-            source["path"] = anchored(source["path"])
-    return raw
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

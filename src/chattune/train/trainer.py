@@ -11,13 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from chattune import rundir
 from chattune.config import RunConfig
-from chattune.data.dataset import tokenize_conversations
-from chattune.data.lint import add_skipped, lint_data, nothing_to_train
-from chattune.data.templates import stop_token_ids
+from chattune.data.prepare import prepare_data, report_data
 from chattune.model.adapters import INIT_ADAPTER, adapter_writer, attach_lora, count_parameters
 from chattune.model.load import (
     load_base_model,
@@ -60,14 +57,6 @@ class TrainOutcome:
     summary: dict
 
 
-@dataclass
-class PreparedData:
-    train: list[dict]
-    eval: list[dict]
-    stats: dict
-    eval_conversations: list = field(default_factory=list)  # untokenized, for generation metrics
-
-
 CREATED_RUN_DIRS: set[Path] = set()  # made by this process: removed again if a run fails before writing to it
 
 
@@ -92,52 +81,6 @@ def prepare_run_dir(cfg: RunConfig, resuming: bool = False) -> Path:
     with rundir.removed_if_left_empty(path) if path in CREATED_RUN_DIRS else contextlib.nullcontext():
         rundir.check_free_space(path, rundir.SPACE_MARGIN)  # refused: the folder made here goes again
     return path
-
-
-def prepare_data(cfg: RunConfig, tokenizer, console: Console) -> PreparedData:
-    """Apply data.template, lint (refuse to train on errors), then tokenize both splits."""
-    checked = lint_data(cfg.data, tokenizer, cfg.seed)
-    for line in checked.report.summary_lines():  # counts per kind; all of them: chattune data inspect
-        console.print(line, highlight=False)
-    checked.report.raise_if_errors()
-    train_convs, eval_convs = checked.train, checked.eval
-    stops = stop_token_ids(tokenizer)
-    stats = {}
-    parts = {}
-    with _progress(console) as progress:
-        for split, items in (("train", train_convs), ("eval", eval_convs)):
-            if not items:
-                continue
-            task = progress.add_task(f"tokenize {split}", total=len(items))
-            parts[split], split_stats = tokenize_conversations(
-                tokenizer, items, cfg.data.max_length, cfg.data.truncation, stops,
-                progress=lambda task=task: progress.advance(task), mask=cfg.data.mask,
-            )
-            stats[split] = split_stats.to_dict()
-    add_skipped(stats, checked.report, cfg.data)
-    if not parts.get("train"):
-        raise nothing_to_train(stats.get("train"), cfg.data)
-    return PreparedData(parts["train"], parts.get("eval", []), stats, eval_convs)
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, transient=False,
-    )
-
-
-def report_data(stats: dict, console: Console) -> None:
-    for split, s in stats.items():
-        console.print(
-            f"[bold]{split}[/]: {s['examples']} examples, {s['tokens']} tokens, "
-            f"{s['trained_tokens']} trained; truncated {s['truncated']}, dropped {s['dropped']}"
-            + (f" {s['drop_reasons']}" if s["dropped"] else "")
-            + (f", skipped {s['skipped']} bad rows {s['skip_reasons']} (data.on_error=skip)" if s.get("skipped") else ""),
-            highlight=False,
-        )
-        if s["turns_without_stop"]:
-            console.print(f"[yellow]warning[/]: {s['turns_without_stop']} assistant turns have no end-of-turn token")
 
 
 def build_training_args(cfg: RunConfig, run_path: Path, precision: str, device: str, has_eval: bool):
@@ -286,18 +229,7 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
         console.print(f"[yellow]warning[/]: {warning}")
     args = build_training_args(cfg, run_path, precision, device, bool(data.eval))  # before the model: ZeRO-3 shards at load
     adalora_steps = preflight(cfg, device, len(data.train), console)  # optimizer, targets, AdaLoRA schedule
-    base = load_base_model(cfg.model, dtype=base_weight_dtype(cfg.train, precision), device=device,
-                           compute_dtype=compute_dtype(precision))
-    base = prepare_for_training(base, cfg.train.gradient_checkpointing)  # model.quantize: peft's k-bit prep
-    init_dir = run_path / INIT_ADAPTER if distributed.is_main() else None  # PiSSA/OLoRA: converts saved adapters
-    model = attach_lora(base, cfg.lora, total_steps=adalora_steps, init_dir=init_dir)
-    trainable, total = count_parameters(model)
-    console.print(
-        f"[bold]{cfg.lora.method}[/] r={cfg.lora.r} on {sorted(model.peft_config['default'].target_modules)}: "
-        f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); "
-        f"device {device}, precision {precision}"
-    )
-    lora_in_autocast_dtype(model, precision)  # no fp32 copies of adapter inputs under bf16 autocast
+    model, trainable = setup_model(cfg, run_path, precision, device, adalora_steps, console)
     checkpoints = cfg.train.keep_checkpoints + 1 if cfg.train.save_every else 1  # +1 while rotating; 1: on Ctrl-C
     rundir.check_free_space(run_path, rundir.estimated_size(trainable, checkpoints))  # now, not at the first save
     counter = TokenCounter()
@@ -307,23 +239,10 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
     if plan:
         restore_run(plan, progress, metrics)  # metrics.jsonl cut back to the checkpoint, counters restored
         console.print(f"[bold]resuming[/] from {plan.checkpoint or 'step 0 (no checkpoint yet)'}")
-    trainer = make_trainer_class()(
-        model=model,
-        args=args,
-        train_dataset=data.train,
-        eval_dataset=data.eval or None,
-        data_collator=collator_for(cfg.train, tokenizer, model),
-        callbacks=[StopOnNonFinite(precision, cfg.train.lr), metrics, *monitoring.callbacks, stopper,
-                   *method_callbacks(cfg.lora)],
-    )
-    trainer.progress, trainer.keep_checkpoints = progress, cfg.train.keep_checkpoints
-    trainer.counter = counter
-    trainer.skip_prompt_logits = cfg.train.skip_prompt_logits
-    trainer.micro_batch_tokens = micro_batch_budget(cfg, device)
-    if cfg.lora.method == "adalora":
-        from chattune.train.methods import PenaltyLog
-
-        trainer.adalora_penalties = PenaltyLog()
+    callbacks = [StopOnNonFinite(precision, cfg.train.lr), metrics, *monitoring.callbacks, stopper,
+                 *method_callbacks(cfg.lora)]
+    trainer = build_trainer(cfg, model, args, data, collator_for(cfg.train, tokenizer, model), callbacks, device)
+    trainer.progress, trainer.counter = progress, counter
     progress.start()
     monitoring.start(cfg)
     try:
@@ -347,18 +266,56 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
     if distributed.is_main():  # the run dir is written once, by rank 0
         summary = save_run(run_path, cfg, model, tokenizer, data.stats, metrics.records, result, seconds, counter,
                            precision, state_dict=state_dict)
-        if digests:
-            summary["rank_adapter_sha256"] = digests
-            if len(set(digests)) > 1:
-                console.print("[yellow]warning[/]: the processes ended with different adapters (see summary.json)")
-        if best:
-            summary["in_training_eval"] = best
-            console.print(f"[bold]best {best['metric']}[/] {best['best']:.4f} at step {best['best_step']}: {best['adapter']}")
-        if digests or best:
-            rundir.write_json_atomic(run_path / rundir.SUMMARY, summary)
+        add_to_summary(run_path, summary, digests, best, console)
     distributed.barrier()  # every rank returns once the run dir is complete
     console.print(f"[green]saved[/] {run_path}  ({seconds:.0f} s, mean loss {result.training_loss:.4f})")
     return TrainOutcome(run_path, model, summary)
+
+
+def build_trainer(cfg: RunConfig, model, args, data, collator, callbacks: list, device: str):
+    """transformers' Trainer with chattune's token counting, loss path, token budget and checkpoints."""
+    trainer = make_trainer_class()(
+        model=model, args=args, train_dataset=data.train, eval_dataset=data.eval or None,
+        data_collator=collator, callbacks=callbacks,
+    )
+    trainer.keep_checkpoints = cfg.train.keep_checkpoints
+    trainer.skip_prompt_logits = cfg.train.skip_prompt_logits
+    trainer.micro_batch_tokens = micro_batch_budget(cfg, device)
+    if cfg.lora.method == "adalora":
+        from chattune.train.methods import PenaltyLog
+
+        trainer.adalora_penalties = PenaltyLog()
+    return trainer
+
+
+def setup_model(cfg: RunConfig, run_path: Path, precision: str, device: str, adalora_steps, console: Console):
+    """The base in its training dtype (or 4/8-bit) with the run's adapter attached; (model, trainable count)."""
+    base = load_base_model(cfg.model, dtype=base_weight_dtype(cfg.train, precision), device=device,
+                           compute_dtype=compute_dtype(precision))
+    base = prepare_for_training(base, cfg.train.gradient_checkpointing)  # model.quantize: peft's k-bit prep
+    init_dir = run_path / INIT_ADAPTER if distributed.is_main() else None  # PiSSA/OLoRA: converts saved adapters
+    model = attach_lora(base, cfg.lora, total_steps=adalora_steps, init_dir=init_dir)
+    trainable, total = count_parameters(model)
+    console.print(
+        f"[bold]{cfg.lora.method}[/] r={cfg.lora.r} on {sorted(model.peft_config['default'].target_modules)}: "
+        f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); "
+        f"device {device}, precision {precision}"
+    )
+    lora_in_autocast_dtype(model, precision)  # no fp32 copies of adapter inputs under bf16 autocast
+    return model, trainable
+
+
+def add_to_summary(run_path: Path, summary: dict, digests, best: dict, console: Console) -> None:
+    """Several processes: each rank's adapter digest; in-training eval: the best step. Rewrites summary.json."""
+    if digests:
+        summary["rank_adapter_sha256"] = digests
+        if len(set(digests)) > 1:
+            console.print("[yellow]warning[/]: the processes ended with different adapters (see summary.json)")
+    if best:
+        summary["in_training_eval"] = best
+        console.print(f"[bold]best {best['metric']}[/] {best['best']:.4f} at step {best['best_step']}: {best['adapter']}")
+    if digests or best:
+        rundir.write_json_atomic(run_path / rundir.SUMMARY, summary)
 
 
 def save_run(run_path, cfg, model, tokenizer, stats, records, result, seconds, counter, precision,
