@@ -125,7 +125,7 @@ def test_adalora_logs_cross_entropy_apart_from_its_penalty(varied_tiny_model_dir
         warnings.simplefilter("always")
         outcome = _train(
             varied_tiny_model_dir, tmp_path / "run", "lora.method=adalora", "lora.r=6", "lora.adalora_target_r=2",
-            "lora.adalora_tfinal=1", "train.max_steps=4", "data.eval_ratio=0.25", "train.eval_steps=2",
+            "lora.adalora_tfinal=1", "train.max_steps=4", "data.eval_ratio=0.25", "train.eval_every=2",
         )
     assert ranks_pruned_to_zero(outcome.model) > 0, "the budget pruned some module to rank 0"
     assert not [w for w in caught if "shards were not gathered" in str(w.message)]

@@ -123,7 +123,10 @@ def snapshot_adapter(model) -> dict:
     """A CPU copy of the trainable adapter weights."""
     from peft import get_peft_model_state_dict
 
-    return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
+    from chattune.model.adapters import quiet_pruned_ranks
+
+    with quiet_pruned_ranks(model):  # AdaLoRA ranks pruned to 0 are [0, in] tensors, not unsharded ones
+        return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
 
 
 def restore_adapter(model, state: dict) -> None:
