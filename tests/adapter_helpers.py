@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def strengthen_adapter(run_dir: Path, std: float = 0.05, seed: int = 1) -> None:
-    """Replace every lora_B tensor in RUN_DIR/adapter with seeded N(0, std) values, in place."""
+    """Replace every lora_B tensor in RUN_DIR/adapter with seeded N(0, std) values, in place (checksums renewed)."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -17,6 +17,9 @@ def strengthen_adapter(run_dir: Path, std: float = 0.05, seed: int = 1) -> None:
         if "lora_B" in name:
             weights[name] = torch.randn(tensor.shape, generator=generator) * std
     save_file(weights, weights_file)
+    from chattune.rundir import write_checksums
+
+    write_checksums(weights_file.parent)  # a deliberate change: the adapter's checksums follow it
 
 
 # fp32 rounding of the same gradient summed in another order (pieces vs whole batches, ranks):

@@ -99,6 +99,45 @@ def save_dir_atomic(target: Path, write) -> None:
         raise
 
 
+CHECKSUMS = "chattune_checksums.json"  # sha256 of every other file, written when a folder is committed
+
+
+def write_checksums(folder: Path) -> None:
+    """Record the size and sha256 of every file under `folder` (before it is renamed into place)."""
+    sums = {str(f.relative_to(folder)): {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+            for f in sorted(folder.rglob("*")) if f.is_file() and f.name != CHECKSUMS}
+    (folder / CHECKSUMS).write_text(json.dumps(sums, indent=1) + "\n", encoding="utf-8")
+
+
+def checksum_problems(folder: Path) -> list[str]:
+    """What no longer matches the checksums written at commit time ([] when intact or never summed)."""
+    record = Path(folder) / CHECKSUMS
+    if not record.is_file():
+        return []  # written before chattune kept checksums
+    try:
+        sums = json.loads(record.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return [f"{record}: unreadable"]
+    problems = []
+    for name, expected in sums.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif path.stat().st_size != expected["bytes"] or _sha256(path) != expected["sha256"]:
+            problems.append(f"{path}: changed since it was written (checksum mismatch)")
+    return problems
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @dataclass
 class RunDir:
     path: Path

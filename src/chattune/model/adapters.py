@@ -132,6 +132,7 @@ def adapter_writer(model):
             # "PiSSA changes the base weights": peft's warning while it converts
             warnings.filterwarnings("ignore", message=r"(PiSSA|OLoRA) changes the base weights")
             model.save_pretrained(folder, **conversion, **kwargs)
+        rundir.write_checksums(Path(folder))  # chat, eval, export and serve check them before loading
 
     return write
 
@@ -182,6 +183,14 @@ def load_trained_adapter(base, adapter_path: Path, adapter_name: str = "default"
 
     from chattune.adapter_base import check_adapter_shapes
 
+    check_adapter_intact(adapter_path)
     check_adapter_shapes(adapter_path, base)
     with quiet_adalora_rank_pattern():
         return PeftModel.from_pretrained(base, str(adapter_path), adapter_name=adapter_name)
+
+
+def check_adapter_intact(adapter_path: Path) -> None:
+    """Refuse an adapter whose files changed since training wrote them (a flipped byte loads silently)."""
+    if problems := rundir.checksum_problems(Path(adapter_path)):
+        raise rundir.RunDirError(f"{adapter_path}: the adapter is damaged ({'; '.join(problems)}); "
+                                 "use another run, or its last checkpoint (chattune train ... --resume auto)")

@@ -16,7 +16,7 @@ from pathlib import Path
 from chattune import rundir
 from chattune.adapter_base import check_adapter_base, check_adapter_shapes
 from chattune.infer.chat import ChatModel
-from chattune.model.adapters import quiet_adalora_rank_pattern
+from chattune.model.adapters import check_adapter_intact, quiet_adalora_rank_pattern
 from chattune.models import resolve_model
 
 
@@ -139,6 +139,7 @@ def _load_run(t: Target, group: ModelGroup | None, device: str) -> tuple[ChatMod
         return chat, chat.model.active_adapter
     adapter = f"adapter{len(group.adapters)}"
     check_adapter_shapes(t.run.adapter, group.model, t.base_key[0])
+    check_adapter_intact(t.run.adapter)
     with quiet_adalora_rank_pattern():
         group.model.load_adapter(str(t.run.adapter), adapter_name=adapter)
     group.model.eval()

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from chattune.model.adapters import quiet_pruned_ranks
+from chattune.rundir import checksum_problems, write_checksums
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "checkpoint-"
@@ -56,6 +57,17 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def latest_intact_checkpoint(root: Path) -> tuple[Path | None, dict[Path, list[str]]]:
+    """The newest complete checkpoint whose files still match their checksums, and the damaged newer ones."""
+    damaged = {}
+    for path in reversed(complete_checkpoints(root)):
+        problems = checksum_problems(path)
+        if not problems:
+            return path, damaged
+        damaged[path] = problems
+    return None, damaged
+
+
 def clean_staging(root: Path) -> list[Path]:
     """Delete leftovers of interrupted saves (.tmp-/.old- dirs); returns what was removed."""
     root = Path(root)
@@ -93,7 +105,8 @@ def retire(path: Path) -> None:
 
 
 def commit(staged: Path, final: Path) -> None:
-    """fsync every staged file, then rename the folder to its final name (atomic on POSIX)."""
+    """Checksum and fsync every staged file, then rename the folder to its final name (atomic on POSIX)."""
+    write_checksums(staged)
     for file in staged.rglob("*"):
         if file.is_file():
             _fsync(file)

@@ -26,7 +26,7 @@ from chattune.train.checkpoints import (
     clean_staging,
     drop_after,
     is_complete,
-    latest_checkpoint,
+    latest_intact_checkpoint,
 )
 from chattune.train.distributed import is_main
 
@@ -104,7 +104,7 @@ def _locate(cfg: RunConfig, value: str) -> tuple[Path, Path | None]:
                 "(the 'run dir' printed when the run started), or pass --resume RUN_DIR"
             )
         run_dir = Path(cfg.run_dir)
-        checkpoint = latest_checkpoint(run_dir / CHECKPOINTS)
+        checkpoint = _intact(run_dir / CHECKPOINTS)
         if checkpoint is None and (run_dir / rundir.ADAPTER).exists():
             raise ResumeError(f"{run_dir}: a finished run without checkpoints (train.save_every was off); "
                               "nothing to continue from")
@@ -115,9 +115,11 @@ def _locate(cfg: RunConfig, value: str) -> tuple[Path, Path | None]:
             missing = [n for n in REQUIRED if not (path / n).is_file()]
             raise ResumeError(f"--resume {value}: not a complete chattune checkpoint "
                               f"(expected RUN_DIR/{CHECKPOINTS}/checkpoint-STEP; missing: {', '.join(missing) or '-'})")
+        if problems := rundir.checksum_problems(path):
+            raise ResumeError(f"--resume {value}: the checkpoint is damaged: {'; '.join(problems)}")
         run_dir, checkpoint = path.parent.parent, path
     elif path.is_dir():
-        run_dir, checkpoint = path, latest_checkpoint(path / CHECKPOINTS)
+        run_dir, checkpoint = path, _intact(path / CHECKPOINTS)
         if checkpoint is None:
             raise ResumeError(f"--resume {value}: no complete checkpoint in {path / CHECKPOINTS}")
     else:
@@ -125,6 +127,24 @@ def _locate(cfg: RunConfig, value: str) -> tuple[Path, Path | None]:
     if cfg.run_dir and Path(cfg.run_dir).resolve() != run_dir.resolve():
         raise ResumeError(f"run_dir={cfg.run_dir} but --resume {value} belongs to the run dir {run_dir}; give one")
     return run_dir, checkpoint
+
+
+def _intact(root: Path) -> Path | None:
+    """The newest checkpoint that passes its checksums; a damaged newer one is named and skipped."""
+    import warnings
+
+    checkpoint, damaged = latest_intact_checkpoint(root)
+    if damaged and checkpoint is None:
+        named = "; ".join(f"{path.name}: {problems[0]}" for path, problems in damaged.items())
+        raise ResumeError(f"{root}: every checkpoint is damaged ({named}); start a new run without --resume")
+    for path, problems in damaged.items():
+        warnings.warn(f"{path.name} is damaged ({'; '.join(problems)}); resuming from {checkpoint.name} instead",
+                      DamagedCheckpoint, stacklevel=2)
+    return checkpoint
+
+
+class DamagedCheckpoint(UserWarning):
+    """A checkpoint skipped by --resume because its files no longer match their checksums."""
 
 
 def check_same_config(checkpoint: Path, saved: dict, cfg: RunConfig) -> None:
