@@ -79,3 +79,14 @@ def write_jsonl(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def straight(tiny_model_dir, tmp_path_factory):
+    """The uninterrupted 6-step resume reference run (read-only: tests copy it before changing it)."""
+    from chattune.train.trainer import train
+    from resume_helpers import resume_cfg
+
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    train(resume_cfg(tiny_model_dir, run_dir, "train.max_steps=6", "train.save_every=2"))
+    return run_dir

@@ -18,37 +18,7 @@ import torch
 from chattune import rundir
 from chattune.config import load_config
 from chattune.train import checkpoints as ck
-
-# 16 examples, 4 per optimizer step: an epoch is 4 steps, so 6 steps cross an epoch boundary.
-# lora.dropout stays on (0.1): the resumed run must restore the dropout RNG too.
-TINY = ["name=tiny", "data.size=16", "train.batch_size=2", "train.grad_accum=2", "train.lr=1e-2",
-        "train.precision=fp32", "train.device=cpu", "lora.dropout=0.1"]
-
-
-def _cfg(tiny_model_dir, run_dir, *extra):
-    return load_config(None, [f"model.name={tiny_model_dir}", f"run_dir={run_dir}", *TINY, *extra])
-
-
-def _adapter(run_dir: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(run_dir / rundir.ADAPTER / "adapter_model.safetensors"))
-
-
-def _losses(run_dir: Path) -> dict[int, float]:
-    records = [r for r in rundir.RunDir(run_dir).metrics() if "loss" in r]
-    steps = [r["step"] for r in records]
-    assert len(steps) == len(set(steps)), f"a step is logged twice: {steps}"
-    return {r["step"]: r["loss"] for r in records}
-
-
-@pytest.fixture(scope="module")
-def straight(tiny_model_dir, tmp_path_factory):
-    from chattune.train.trainer import train
-
-    run_dir = tmp_path_factory.mktemp("straight") / "run"
-    train(_cfg(tiny_model_dir, run_dir, "train.max_steps=6", "train.save_every=2"))
-    return run_dir
+from resume_helpers import TINY, logged_losses, resume_cfg, saved_adapter
 
 
 def _interrupt_after_step(monkeypatch, step: int) -> None:
@@ -70,7 +40,7 @@ def test_stop_at_3_and_resume_equals_straight_6(straight, tiny_model_dir, tmp_pa
     from chattune.train.trainer import train
 
     run_dir = tmp_path / "run"
-    cfg = _cfg(tiny_model_dir, run_dir, "train.max_steps=6", "train.save_every=2")
+    cfg = resume_cfg(tiny_model_dir, run_dir, "train.max_steps=6", "train.save_every=2")
     _interrupt_after_step(monkeypatch, 2)
     with pytest.raises(TrainingInterrupted) as stop:
         train(cfg)
@@ -80,12 +50,12 @@ def test_stop_at_3_and_resume_equals_straight_6(straight, tiny_model_dir, tmp_pa
     assert not (run_dir / rundir.ADAPTER).exists(), "an interrupted run is not a finished run dir"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "handlers are restored"
 
-    train(_cfg(tiny_model_dir, run_dir, "train.max_steps=6", "train.save_every=2"), resume="auto")
-    want, got = _adapter(straight), _adapter(run_dir)
+    train(resume_cfg(tiny_model_dir, run_dir, "train.max_steps=6", "train.save_every=2"), resume="auto")
+    want, got = saved_adapter(straight), saved_adapter(run_dir)
     assert want.keys() == got.keys() and want
     for name in want:
         assert torch.allclose(want[name], got[name], atol=1e-6, rtol=0), name
-    straight_losses, resumed_losses = _losses(straight), _losses(run_dir)
+    straight_losses, resumed_losses = logged_losses(straight), logged_losses(run_dir)
     assert list(resumed_losses) == [1, 2, 3, 4, 5, 6]
     for step, loss in straight_losses.items():
         assert resumed_losses[step] == pytest.approx(loss, abs=1e-6), step
@@ -133,12 +103,12 @@ def test_incomplete_and_staging_dirs_are_ignored_then_cleaned(tmp_path):
 def test_resume_refuses_a_changed_config(straight, tiny_model_dir):
     from chattune.train.resume import ResumeError, plan_resume
 
-    changed = _cfg(tiny_model_dir, straight, "train.max_steps=6", "lora.r=16", "train.lr=0.5")
+    changed = resume_cfg(tiny_model_dir, straight, "train.max_steps=6", "lora.r=16", "train.lr=0.5")
     with pytest.raises(ResumeError) as err:
         plan_resume(changed, "auto")
     text = str(err.value)
     assert "lora.r: run has 8, given 16" in text and "train.lr: run has 0.01, given 0.5" in text
-    longer = plan_resume(_cfg(tiny_model_dir, straight, "train.max_steps=8", "train.keep_checkpoints=3"), "auto")
+    longer = plan_resume(resume_cfg(tiny_model_dir, straight, "train.max_steps=8", "train.keep_checkpoints=3"), "auto")
     assert longer.checkpoint.name == "checkpoint-6" and longer.step == 6
 
 
@@ -152,7 +122,7 @@ def test_resume_paths_and_auto_without_run_dir(straight, tiny_model_dir):
     assert by_checkpoint.step == 4 and Path(by_checkpoint.cfg.run_dir) == straight
     assert plan_resume(no_run_dir, str(straight)).step == 6
     with pytest.raises(ResumeError, match="belongs to the run dir"):
-        plan_resume(_cfg(tiny_model_dir, straight.parent / "other"), str(straight))
+        plan_resume(resume_cfg(tiny_model_dir, straight.parent / "other"), str(straight))
 
 
 def test_resume_refuses_changed_data(tiny_model_dir, tmp_path, write_jsonl):
@@ -163,10 +133,10 @@ def test_resume_refuses_changed_data(tiny_model_dir, tmp_path, write_jsonl):
     data = write_jsonl(rows)
     run_dir = tmp_path / "run"
     args = [f"data.path={data}", "train.max_steps=1", "train.save_every=1"]
-    train(_cfg(tiny_model_dir, run_dir, *args))
+    train(resume_cfg(tiny_model_dir, run_dir, *args))
     write_jsonl([*rows[:-1], {"instruction": "question 7", "output": "a much longer answer than before"}])
     with pytest.raises(ResumeError, match="training data changed"):  # continued for a second step
-        train(_cfg(tiny_model_dir, run_dir, *args, "train.max_steps=2"), resume="auto")
+        train(resume_cfg(tiny_model_dir, run_dir, *args, "train.max_steps=2"), resume="auto")
 
 
 def test_trim_metrics_drops_later_steps_and_a_cut_line(tmp_path):
@@ -268,7 +238,7 @@ def test_signal_saves_prints_resume_command_and_it_finishes(sig, tiny_model_dir,
     done = subprocess.run(_chattune(*command[1:]), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"resumingfrom{checkpoint}" in "".join(done.stderr.split())  # rich wraps long lines
-    assert list(_losses(run_dir)) == list(range(1, 13))
+    assert list(logged_losses(run_dir)) == list(range(1, 13))
     assert json.loads((run_dir / rundir.SUMMARY).read_text())["steps"] == 12
 
 
@@ -319,89 +289,6 @@ def test_kill_9_at_random_points_never_leaves_half_a_checkpoint(tiny_model_dir, 
     assert kills >= 1
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert list(_losses(run_dir)) == list(range(1, steps + 1))
+    assert list(logged_losses(run_dir)) == list(range(1, steps + 1))
     assert _check_checkpoints(run_dir / "checkpoints") == steps
     assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
-
-
-def test_resuming_a_finished_mid_epoch_run_is_a_no_op(straight, tiny_model_dir, tmp_path, capsys):
-    """max_steps=6 ends mid-epoch: a requeued job (the same command with --resume auto) trains nothing."""
-    import shutil
-
-    from chattune.train.trainer import train
-
-    run_dir = tmp_path / "run"
-    shutil.copytree(straight, run_dir)
-    before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
-    outcome = train(_cfg(tiny_model_dir, run_dir, "train.max_steps=6", "train.save_every=2"), resume="auto")
-    assert "already finished" in capsys.readouterr().err
-    assert outcome.summary["steps"] == 6 and outcome.model is None
-    after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
-    assert after == before, "nothing in the run dir changed"
-
-
-def test_killed_after_the_last_checkpoint_resume_saves_without_training(straight, tiny_model_dir, tmp_path):
-    """The last checkpoint (step 6) committed, then kill -9 before the final save: resume writes the run
-    dir from it, taking no seventh step."""
-    import shutil
-
-    from chattune.train.trainer import train
-
-    run_dir = tmp_path / "run"
-    shutil.copytree(straight, run_dir)
-    for name in (rundir.SUMMARY, rundir.LOSS_PLOT):
-        (run_dir / name).unlink()
-    shutil.rmtree(run_dir / rundir.ADAPTER)
-    outcome = train(_cfg(tiny_model_dir, run_dir, "train.max_steps=6", "train.save_every=2"), resume="auto")
-    assert outcome.summary["steps"] == 6
-    assert sorted(_losses(run_dir)) == [1, 2, 3, 4, 5, 6]
-    straight_adapter, resumed = _adapter(straight), _adapter(run_dir)
-    assert all(torch.equal(straight_adapter[k], resumed[k]) for k in straight_adapter)
-    assert json.loads((run_dir / rundir.SUMMARY).read_text())["final_loss"] == _losses(straight)[6]
-
-
-def _flip_byte(path: Path, offset_from_end: int = 16) -> None:
-    data = bytearray(path.read_bytes())
-    data[-offset_from_end] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
-def test_a_flipped_byte_in_the_newest_checkpoint_resumes_from_the_newest_intact_one(straight, tiny_model_dir,
-                                                                                     tmp_path):
-    """Issue 21: one flipped byte in checkpoint-6's weights was resumed silently; now it is named and skipped."""
-    import shutil
-
-    from chattune.train.resume import DamagedCheckpoint, ResumeError
-    from chattune.train.trainer import train
-
-    run_dir = tmp_path / "run"
-    shutil.copytree(straight, run_dir)
-    for name in (rundir.SUMMARY, rundir.LOSS_PLOT):
-        (run_dir / name).unlink()
-    shutil.rmtree(run_dir / rundir.ADAPTER)
-    root = run_dir / "checkpoints"
-    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-4", "checkpoint-6"]
-    _flip_byte(root / "checkpoint-6" / "adapter_model.safetensors")
-    with pytest.warns(DamagedCheckpoint, match=r"checkpoint-6 is damaged .*adapter_model.safetensors: changed"):
-        outcome = train(_cfg(tiny_model_dir, run_dir, "train.max_steps=6", "train.save_every=2"), resume="auto")
-    assert outcome.summary["steps"] == 6 and sorted(_losses(run_dir)) == [1, 2, 3, 4, 5, 6]
-    straight_adapter, resumed = _adapter(straight), _adapter(run_dir)
-    assert all(torch.equal(straight_adapter[k], resumed[k]) for k in straight_adapter), "steps 5-6 redone exactly"
-    for checkpoint in root.iterdir():  # both damaged now: refused, naming them
-        _flip_byte(checkpoint / "adapter_model.safetensors", 32)
-    (run_dir / rundir.SUMMARY).unlink()
-    with pytest.raises(ResumeError, match=r"every checkpoint is damaged \(checkpoint-6: .*checkpoint-4: "):
-        train(_cfg(tiny_model_dir, run_dir, "train.max_steps=6", "train.save_every=2"), resume="auto")
-
-
-def test_a_damaged_final_adapter_is_refused_before_loading(straight, tmp_path):
-    import shutil
-
-    from chattune.infer.chat import ChatModel
-
-    run_dir = tmp_path / "run"
-    shutil.copytree(straight, run_dir)
-    assert (run_dir / rundir.ADAPTER / rundir.CHECKSUMS).is_file()
-    _flip_byte(run_dir / rundir.ADAPTER / "adapter_model.safetensors")
-    with pytest.raises(rundir.RunDirError, match=r"the adapter is damaged .*adapter_model.safetensors: changed"):
-        ChatModel.load(str(run_dir))

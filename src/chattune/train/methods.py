@@ -162,6 +162,6 @@ def adalora_loss(trainer, model, inputs, return_outputs=False, num_items_in_batc
     scaled = trainer.loss_is_scaled_for_ga = num_items_in_batch is not None  # else the Trainer divides by GA
     loss = masked_lm_loss(model, inputs, num_items_in_batch) * token_average_scale(trainer, num_items_in_batch)
     micro_batches = trainer.current_gradient_accumulation_steps
-    penalty = adalora_orth_penalty(model) * adalora_penalty_weight(model) / (micro_batches if scaled else 1)
-    trainer.adalora_penalties.add(trainer.state.global_step, float(penalty.detach()) / (1 if scaled else micro_batches))
-    return loss + penalty
+    share = adalora_orth_penalty(model) * adalora_penalty_weight(model) / micro_batches  # this micro-batch's part
+    trainer.adalora_penalties.add(trainer.state.global_step, float(share.detach()))
+    return loss + (share if scaled else share * micro_batches)  # unscaled: the Trainer divides by the micro-batches
