@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.chattune-installed
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: install system-deps demo test test-fast lint bench bench-serve clean
+.PHONY: install system-deps demo test test-fast lint bench bench-speed bench-serve clean
 
 install: $(STAMP)
 
@@ -38,8 +38,12 @@ test: $(STAMP) system-deps
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# issue 6's side-by-side (recipe vs TRL vs chattune, predict speed); bench/README.md
+# time to quality (recipe vs TRL vs chattune: wall time to a target held-out loss, ~25 min); bench/README.md
 bench: $(STAMP)
+	$(BIN)/python -m bench quality
+
+# the token-throughput side-by-side and the predict speed (issue 6); bench/README.md
+bench-speed: $(STAMP)
 	$(BIN)/python -m bench
 
 # the server load test (50 streaming clients for 60 s); bench/README.md

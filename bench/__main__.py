@@ -119,13 +119,25 @@ def cpu_name() -> str:
     return names[0] if names else platform.processor()
 
 
+def cpu_generation() -> str:
+    """`family F model M` and the bf16 flags from /proc/cpuinfo: "AMD EPYC" alone names several generations."""
+    cpuinfo = Path("/proc/cpuinfo")
+    fields = {}
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = [f for f in fields.get("flags", "").split() if f in ("avx512_bf16", "amx_bf16", "avx2")]
+    return f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, {' '.join(flags) or 'no avx2'}"
+
+
 def machine() -> dict:
     """What the numbers depend on: the CPU, its core count, whether it has fast bf16, torch."""
     import torch
 
     from chattune.model.load import cpu_has_fast_bf16
 
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "fast_bf16": cpu_has_fast_bf16(), "torch": torch.__version__}
+    return {"cpu": cpu_name(), "cpu_generation": cpu_generation(), "cores": os.cpu_count(),
+            "fast_bf16": cpu_has_fast_bf16(), "torch": torch.__version__}
 
 
 def main(argv=None) -> int:
@@ -134,6 +146,10 @@ def main(argv=None) -> int:
         from bench import serve_load
 
         return serve_load.main(argv[1:])
+    if argv[:1] == ["quality"]:
+        from bench import quality
+
+        return quality.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
                                      epilog="python -m bench serve-load --help: the server load test")
     # sized for the slowest machine seen (AVX2-only EPYC, fp32: the recipe trains ~27 tok/s there), so

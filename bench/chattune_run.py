@@ -8,7 +8,8 @@ from pathlib import Path
 from bench.common import LORA_ALPHA, LORA_R, MODEL, SYSTEM, TARGETS
 
 
-def run(model_path: str, train_rows: list[dict], out_dir: str, seed: int, overrides=()) -> dict:
+def run(model_path: str, train_rows: list[dict], out_dir: str, seed: int, overrides=(), epochs: float = 1,
+        callbacks=()) -> dict:
     from rich.console import Console
 
     from chattune.config import load_config
@@ -20,9 +21,9 @@ def run(model_path: str, train_rows: list[dict], out_dir: str, seed: int, overri
     cfg = load_config(None, [
         f"model.name={MODEL}", f"data.path={data}", f"data.system={SYSTEM}", f"run_dir={Path(out_dir) / 'run'}",
         f"lora.r={LORA_R}", f"lora.alpha={LORA_ALPHA}",
-        f"lora.targets={json.dumps(TARGETS)}", "train.epochs=1", f"seed={seed}", *overrides,
+        f"lora.targets={json.dumps(TARGETS)}", f"train.epochs={epochs}", f"seed={seed}", *overrides,
     ])
-    outcome = train(cfg, console=Console(stderr=True, quiet=True))
+    outcome = train(cfg, console=Console(stderr=True, quiet=True), callbacks=tuple(callbacks))
     from chattune.model.load import load_tokenizer
 
     s = outcome.summary

@@ -40,7 +40,8 @@ def process_func_factory(tokenizer):
     return process_func
 
 
-def run(model_path: str, train_rows: list[dict], out_dir: str, seed: int) -> dict:
+def run(model_path: str, train_rows: list[dict], out_dir: str, seed: int, epochs: float = 1, callbacks=()) -> dict:
+    """Train; `epochs` (the quality bench: seed 000's 3) and extra TrainerCallbacks are the bench's."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig, TaskType, get_peft_model
@@ -62,11 +63,11 @@ def run(model_path: str, train_rows: list[dict], out_dir: str, seed: int) -> dic
     model = get_peft_model(model, config)
     args = TrainingArguments(
         output_dir=out_dir, per_device_train_batch_size=4, gradient_accumulation_steps=4, logging_steps=10,
-        num_train_epochs=1, learning_rate=1e-4, save_strategy="no", gradient_checkpointing=True,
+        num_train_epochs=epochs, learning_rate=1e-4, save_strategy="no", gradient_checkpointing=True,
         use_cpu=True, report_to="none", seed=seed, data_seed=seed,
     )
     trainer = Trainer(model=model, args=args, train_dataset=tokenized_id,
-                      data_collator=DataCollatorForSeq2Seq(tokenizer=tokenizer, padding=True))
+                      data_collator=DataCollatorForSeq2Seq(tokenizer=tokenizer, padding=True), callbacks=list(callbacks))
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started

@@ -26,7 +26,7 @@ def to_prompt_completion(row: dict) -> dict:
     }
 
 
-def run(model_path: str, train_rows: list[dict], out_dir: str, seed: int) -> dict:
+def run(model_path: str, train_rows: list[dict], out_dir: str, seed: int, epochs: float = 1, callbacks=()) -> dict:
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
@@ -34,12 +34,13 @@ def run(model_path: str, train_rows: list[dict], out_dir: str, seed: int) -> dic
     from chattune.model.load import cpu_has_fast_bf16
 
     bf16 = cpu_has_fast_bf16() or os.environ.get("CHATTUNE_BENCH_TRL_AS_SHIPPED") == "1"
-    args = SFTConfig(output_dir=out_dir, num_train_epochs=1, seed=seed, data_seed=seed,
+    args = SFTConfig(output_dir=out_dir, num_train_epochs=epochs, seed=seed, data_seed=seed,
                      save_strategy="no", report_to="none", use_cpu=True, bf16=bf16)
     peft_config = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
                              target_modules=TARGETS, task_type="CAUSAL_LM")
     dataset = Dataset.from_list([to_prompt_completion(r) for r in train_rows])
-    trainer = SFTTrainer(model=model_path, args=args, train_dataset=dataset, peft_config=peft_config)
+    trainer = SFTTrainer(model=model_path, args=args, train_dataset=dataset, peft_config=peft_config,
+                         callbacks=list(callbacks))
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started

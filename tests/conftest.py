@@ -90,3 +90,18 @@ def straight(tiny_model_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("straight") / "run"
     train(resume_cfg(tiny_model_dir, run_dir, "train.max_steps=6", "train.save_every=2"))
     return run_dir
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` run where CUDA is; elsewhere they are reported as skipped, with the reason."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device: torch.cuda.is_available() is False on this machine "
+                                   "(they run on a GPU machine: pytest -m gpu)")
+    for item in gpu_items:
+        item.add_marker(skip)

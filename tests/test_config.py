@@ -9,7 +9,7 @@ def test_defaults_follow_seed_000():
     cfg = load_config()
     assert cfg.model.name == BUILTIN_MODEL
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (8, 32, 0.0)
-    assert (cfg.train.lr, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.epochs) == (1e-4, 4, 4, 3)
+    assert (cfg.train.lr, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.epochs) == ("auto", 4, 4, 3)
     assert cfg.data.max_length == 384
 
 

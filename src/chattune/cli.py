@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(train)
     train.add_argument("--nproc", type=int, default=None, metavar="N",
                        help="train as N data-parallel processes on this machine, started by torchrun "
-                       "(gloo on CPU, nccl on GPUs); for several machines call torchrun yourself (README)")
+                       "(gloo on CPU, nccl on GPUs); for several machines call torchrun yourself (docs/distributed.md)")
     train.add_argument("--resume", metavar="auto|PATH",
                        help="continue a run from its newest complete checkpoint: 'auto' (the run dir given by "
                        "run_dir=...; starts it when it has none yet) or a checkpoint / run dir path")
@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=config_reference(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_args(config)
+    config.add_argument("--reference", action="store_true",
+                        help="print the Markdown reference of every key instead (docs/configuration.md)")
     _add_export_parser(sub)
     _add_predict_parser(sub)
     _add_data_parser(sub)

@@ -40,6 +40,14 @@ def run_command(args: Namespace) -> int:
 def cmd_config(args: Namespace) -> int:
     from chattune.config import load_config
 
+    if getattr(args, "reference", False):
+        if args.config or args.overrides:
+            Console(stderr=True).print("[bold red]error:[/] --reference prints every key's default; give no CONFIG")
+            return 2
+        from chattune.reference import config_markdown
+
+        print(config_markdown(), end="")
+        return 0
     print(load_config(args.config, args.overrides).to_yaml(), end="")
     return 0
 

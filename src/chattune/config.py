@@ -7,6 +7,7 @@ may be told and refuses anything else with an error that names the key and what 
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from datetime import datetime
 from pathlib import Path
@@ -30,10 +31,14 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    name: str = Field(BUILTIN_MODEL, description="local folder, hub id, modelscope:ORG/NAME or builtin:NAME")
-    tokenizer: str | None = Field(None, description="take the tokenizer from another model (seed 003)")
-    revision: str | None = None
-    trust_remote_code: bool = False
+    """The base model, its tokenizer and how its frozen weights load."""
+
+    name: str = Field(
+        BUILTIN_MODEL, description="local folder, hub id, modelscope:ORG/NAME (extra chattune[modelscope]) or builtin:NAME"
+    )
+    tokenizer: str | None = Field(None, description="take the tokenizer from another model (seed 003's OpenELM)")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit) of model.name")
+    trust_remote_code: bool = Field(False, description="run the model repo's own code (custom architectures)")
     quantize: Literal["none", "4bit", "8bit"] = Field(
         "none", description="load the frozen base in 4-bit or 8-bit with bitsandbytes (QLoRA); none: full precision"
     )
@@ -42,11 +47,15 @@ class ModelConfig(_Section):
 
 
 class DataSource(_Section):
+    """One file of a mix (data.sources)."""
+
     path: str = Field(description="JSON/JSONL/CSV/Parquet file or a datasets.save_to_disk folder")
     weight: float = Field(1.0, gt=0, description="examples taken = rows x weight (2: twice, 0.5: a seeded half)")
 
 
 class DataConfig(_Section):
+    """What to train on and how rows become trained tokens (docs/data.md)."""
+
     path: str = Field(
         BUILTIN_DATA, description="JSON/JSONL/CSV/Parquet file, datasets.save_to_disk folder, or builtin:self-cognition"
     )
@@ -66,16 +75,19 @@ class DataConfig(_Section):
     mask: Literal["assistant", "last", "all"] = Field(
         "assistant", description="train on all assistant turns, the last one only, or every token"
     )
-    system: str | None = Field(None, description="system prompt added to rows that have none")
+    system: str | None = Field(None, description="system prompt added to rows that have none (seed 000 plays 甄嬛 with one)")
     max_length: int = Field(384, gt=8, description="tokens per example after templating")
-    truncation: Literal["truncate", "drop"] = "truncate"
+    truncation: Literal["truncate", "drop"] = Field(
+        "truncate", description="over-long examples: truncate (earliest rounds first) or drop; both counted"
+    )
     on_error: Literal["raise", "skip"] = Field(
         "raise", description="a bad row stops training (raise) or is skipped, counted and reported (skip)"
     )
-    eval_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    eval_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="share of rows held out for eval loss (seeded split)")
     name: str = Field("Chattune Assistant", description="assistant name for builtin:self-cognition")
     author: str = Field("the chattune team", description="assistant author for builtin:self-cognition")
     size: int = Field(48, gt=0, description="conversations drawn for builtin:self-cognition")
+    replay: int = Field(0, ge=0, description="general rows (built-in replay split, cycled past 64) mixed into training")
 
     @model_validator(mode="after")
     def _task_conversion_needs_both(self):
@@ -96,14 +108,17 @@ OPTIMIZERS = (
 
 
 class LoraConfig(_Section):
-    r: int = Field(8, gt=0)
-    alpha: float = Field(32, gt=0)
+    """The adapter: rank, scaling, method, initialisation, target layers (docs/training.md)."""
+
+    r: int = Field(8, gt=0, description="LoRA rank (AdaLoRA: the initial rank)")
+    alpha: float = Field(32, gt=0, description="LoRA scaling: updates are scaled by alpha/r (rslora: alpha/sqrt(r))")
     dropout: float = Field(
         0.0, ge=0.0, lt=1.0,
         description="dropout on the LoRA input; 0 skips peft's dropout copy of every input (1.3x faster, bench/README.md)",
     )
     targets: Literal["all-linear"] | list[str] = Field(
-        "all-linear", description="'all-linear' (every linear layer but the LM head) or module names"
+        "all-linear", description="'all-linear' (every linear layer but the LM head, found by layer type) or module "
+        "names; a name matching nothing is an error listing the model's linear layers"
     )
     method: Literal["lora", "adalora", "dora", "rslora"] = Field(
         "lora", description="lora, adalora (rank budget pruned during training), dora (weight-decomposed), "
@@ -152,23 +167,37 @@ class LoraConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: float = Field(3, gt=0)
+    """How the adapter is trained: schedule, precision, speed, evaluation, checkpoints, processes."""
+
+    epochs: float = Field(3, gt=0, description="passes over the training data (fractions allowed)")
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: use epochs)")
-    lr: float = Field(1e-4, gt=0)
-    batch_size: int = Field(4, gt=0)
-    grad_accum: int = Field(4, gt=0)
-    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
-    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
-    weight_decay: float = Field(0.0, ge=0.0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    logging_steps: int = Field(1, gt=0)
-    eval_steps: int | None = Field(None, gt=0)
-    gradient_checkpointing: bool = False
-    optim: str = Field(
-        "adamw_torch", description="TrainingArguments optimizer, e.g. adamw_torch, adamw_bnb_8bit, paged_adamw_8bit"
+    lr: float | Literal["auto"] = Field(
+        "auto", description="learning rate; auto: by model size, 2e-3 at 135M (measured) to 2e-4 at 7B (train/defaults.py)"
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(4, gt=0, description="examples per micro-batch and process")
+    grad_accum: int = Field(4, gt=0, description="micro-batches per optimizer step")
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="share of the steps with the lr warming up")
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="lr schedule after warmup"
+    )
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay on the adapter weights")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping by global norm")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast on CPUs with AMX/AVX512-BF16 and bf16 GPUs, fp16 on older GPUs, else fp32"
+    )
+    logging_steps: int = Field(1, gt=0, description="log loss, lr, grad norm and tokens/s every N steps (metrics.jsonl)")
+    eval_steps: int | None = Field(
+        None, gt=0, description="eval loss every N steps (null: each epoch) when there is eval data"
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in backward (seed 000's setting): less memory, slower steps"
+    )
+    optim: str = Field(
+        "adamw_torch", description="TrainingArguments optimizer, e.g. adamw_torch, adamw_bnb_8bit, paged_adamw_8bit, "
+        "paged_adamw_32bit, lion_8bit; "
+        "stepped once on the device before the model loads"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU")
     # speed (issue 6; measured in bench/README.md)
     packing: bool = Field(True, description="padding-free batches (one row, position_ids); false: pad each batch")
     skip_prompt_logits: bool = Field(
@@ -179,7 +208,8 @@ class TrainConfig(_Section):
         "gradients, peak memory bounded by the budget (train/token_budget.py); 0: no limit; auto: 384 on CPU, 0 on GPU"
     )
     base_dtype: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="dtype of the frozen base weights; auto: bf16 when train.precision is bf16, else fp32"
+        "auto", description="dtype of the frozen base weights; auto: bf16 when train.precision is bf16, else fp32 "
+        "(LoRA weights stay fp32)"
     )
     compile: bool = Field(False, description="torch.compile the model (pays minutes of compile; long runs only)")
     mmap_threshold_kb: int = Field(
@@ -202,6 +232,7 @@ class TrainConfig(_Section):
     eval_max_new_tokens: int = Field(64, gt=0, description="longest generated answer during in-training eval")
     labels: list[str] | None = Field(None, description="allowed labels for accuracy (default: the distinct eval answers)")
     patience: int | None = Field(None, gt=0, description="stop after N evaluations without improvement of train.metric")
+    forgetting: bool = Field(True, description="score base vs fine-tuned on built-in general rows (train/forgetting.py)")
     # checkpoints and resume (issues 7, 8)
     save_every: int | None = Field(
         50, gt=0, description="resumable checkpoint every N steps and at the end (null: only on Ctrl-C/SIGTERM)"
@@ -221,6 +252,20 @@ class TrainConfig(_Section):
         if value == 0 or value < -1:
             raise ValueError("give a positive number of optimizer steps, or -1 to train by train.epochs")
         return value
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _positive_lr_or_auto(cls, value):
+        """One clear error for the float-or-auto union, not one per member."""
+        if value == "auto":
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError("give a learning rate (a number greater than 0) or auto") from None
+        if not (math.isfinite(number) and number > 0):
+            raise ValueError("a learning rate must be a finite number greater than 0 (or auto)")
+        return number
 
     @field_validator("optim")
     @classmethod
@@ -244,10 +289,12 @@ class TrainConfig(_Section):
 
 
 class RunConfig(_Section):
-    name: str = "run"
+    """A whole run: its name and place, the seed, and one section per stage."""
+
+    name: str = Field("run", description="run name: the run dir's folder prefix (letters, digits, '.', '_', '-')")
     output_dir: str = Field("runs", description="parent folder of run dirs")
     run_dir: str | None = Field(None, description="exact run dir (default OUTPUT_DIR/NAME-TIMESTAMP)")
-    seed: int = 42
+    seed: int = Field(42, description="seeds data order, the eval split and the adapter's init")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     lora: LoraConfig = LoraConfig()

@@ -10,18 +10,22 @@ Layout of a run dir:
     loss.png             the loss curve
     summary.json         final numbers of the run
     init_adapter/        lora.init=pissa/olora only: the initial adapter (model/adapters.py)
-All files are written to a temporary name and renamed, so a reader never sees half a file.
+All files are written to a temporary name and renamed, so a reader never sees half a file;
+a full disk during a write ends in DiskFull (one line: the path and the fix), its temporary removed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from chattune.faults import WRITTEN, fault_point
 
 CONFIG = "config.yaml"
 ADAPTER = "adapter"
@@ -67,17 +71,105 @@ def check_free_space(path: Path, need: int) -> None:
         )
 
 
+class DiskFull(RunDirError):
+    """A write failed because the disk (or the user's quota) is full; what it was writing is not left half-written."""
+
+    def __init__(self, path: Path, resume: bool = False):
+        self.path, self.resume = Path(path), resume
+        super().__init__(f"{path}: no space left on device (nothing was left half-written); "
+                         f"{RESUME_FIX if resume else PLAIN_FIX}")
+
+
+PLAIN_FIX = "free some space on that disk or choose another output folder"
+RESUME_FIX = ("free some space on that disk, then run the same command with --resume auto (it continues from the newest "
+              "complete checkpoint), or start again with another output_dir or run_dir")
+
+
+FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+# safetensors wraps Rust's io::Error: "I/O error: No space left on device (os error 28)"
+FULL_MESSAGES = ("No space left on device", "Disk quota exceeded", "(os error 28)", "(os error 122)")
+# torch.save's zip writer loses the errno: "[enforce fail at inline_container.cc:672] . unexpected pos 576
+# vs 534" (measured on a full tmpfs); a full disk only when the disk written to is full indeed
+TORCH_WRITE_FAILED = "inline_container.cc"
+NEARLY_FULL = 16 * 2**20
+
+
+def is_disk_full(err: BaseException | None, path: Path | None = None) -> bool:
+    """ENOSPC/EDQUOT anywhere in the exception's chain, also when a library re-raised it as text;
+    torch's failed writes count when the disk holding `path` has under NEARLY_FULL bytes free."""
+    while err is not None:
+        if isinstance(err, DiskFull) or (isinstance(err, OSError) and err.errno in FULL_ERRNOS):
+            return True
+        text = str(err)
+        if any(message in text for message in FULL_MESSAGES):
+            return True
+        if path is not None and TORCH_WRITE_FAILED in text and _free_bytes(path) < NEARLY_FULL:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _free_bytes(path: Path) -> int:
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+@contextlib.contextmanager
+def located_disk_full(path: Path, resume: bool = False):
+    """A full disk inside the block becomes DiskFull naming `path` (a DiskFull from deeper down is kept)."""
+    try:
+        yield
+    except DiskFull as err:
+        if resume and not err.resume:  # the path written deepest, the fix of the outermost caller
+            raise DiskFull(err.path, resume=True) from err
+        raise
+    except Exception as err:
+        if not is_disk_full(err, path):
+            raise
+        raise DiskFull(path, resume) from err
+
+
+# Temporaries of the atomic writes below are named .NAME.XXXXXXXX (plots: .NAME.tmp.png)
+TEMPORARY_OF = (CONFIG, ADAPTER, TOKENIZER, TEMPLATE, DATA_STATS, METRICS, LOSS_PLOT, SUMMARY)
+
+
+def clean_temporaries(path: Path, names: tuple[str, ...] = ()) -> list[Path]:
+    """Delete what atomic writes left in `path` when killed mid-write (the run dir's files and `names`)."""
+    prefixes = tuple(f".{name}." for name in (*TEMPORARY_OF, *names))
+    leftovers = [p for p in Path(path).iterdir() if p.name.startswith(prefixes)] if Path(path).is_dir() else []
+    for leftover in leftovers:
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    return leftovers
+
+
+def drop_cut_line(path: Path) -> None:
+    """Truncate a line-per-record file after its last complete line (an append cut by a full disk)."""
+    if not path.is_file():
+        return
+    with open(path, "rb+") as handle:
+        data = handle.read()
+        if data and not data.endswith(b"\n"):
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes files owner-only; run dirs are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with located_disk_full(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.chmod(tmp, 0o644)  # mkstemp makes files owner-only; run dirs are meant to be shared
+            fault_point(WRITTEN, path.name)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def write_json_atomic(path: Path, data) -> None:
@@ -85,18 +177,24 @@ def write_json_atomic(path: Path, data) -> None:
 
 
 def save_dir_atomic(target: Path, write) -> None:
-    """Call write(tmp_dir), then rename tmp_dir to target (replacing an old one)."""
+    """Call write(tmp_dir), then rename tmp_dir to target; an old target is renamed aside first and
+    deleted last, so no half-deleted folder is ever visible under the target's name."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o755)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    old = target.with_name(f".{target.name}.old")
+    with located_disk_full(target):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            write(tmp)
+            os.chmod(tmp, 0o755)
+            fault_point(WRITTEN, target.name)
+            if target.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(target, old)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 CHECKSUMS = "chattune_checksums.json"  # sha256 of every other file, written when a folder is committed

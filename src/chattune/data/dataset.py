@@ -15,6 +15,7 @@ from chattune.data.builtin import SOURCE as BUILTIN_SOURCE
 from chattune.data.builtin import self_cognition
 from chattune.data.builtin_classify import SOURCE as TOPIC_SOURCE
 from chattune.data.builtin_classify import topic_conversations
+from chattune.data.builtin_general import REPLAY_SOURCE, replay_conversations
 from chattune.data.formats import Conversation, DataError, RowSpec, load_conversations
 from chattune.data.templates import Encoded, encode_conversation
 
@@ -38,6 +39,7 @@ class DataStats:
     skipped: int = 0  # bad rows left out with data.on_error=skip
     skip_reasons: dict[str, int] = field(default_factory=dict)
     skipped_rows: list[str] = field(default_factory=list)  # "file:line:field: message", the first few
+    replay: int = 0  # examples kept from the built-in general set (data.replay), included in `examples`
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,17 +98,18 @@ def load_splits(data_cfg, seed: int, errors: list[DataError] | None = None):
     """(train, eval) conversations: eval from data.eval_path if set, else a data.eval_ratio share.
 
     The ratio split happens per source before weighting, so no weighted copy of an eval
-    row can land in train.
+    row can land in train. data.replay rows join train only, after the split.
     """
+    replay = replay_conversations(getattr(data_cfg, "replay", 0), seed)
     if data_cfg.eval_path:
         train = load_data_conversations(data_cfg, seed, errors)
-        return train, load_source(data_cfg, data_cfg.eval_path, seed, errors)
+        return train + replay, load_source(data_cfg, data_cfg.eval_path, seed, errors)
     train, eval_ = [], []
     for number, (path, weight) in enumerate(_sources(data_cfg)):
         part_train, part_eval = split_eval(load_source(data_cfg, path, seed, errors), data_cfg.eval_ratio, seed)
         train += weighted(part_train, weight, seed + number)
         eval_ += part_eval
-    return train, eval_
+    return train + replay, eval_
 
 
 def split_eval(convs: list[Conversation], ratio: float, seed: int):
@@ -143,6 +146,7 @@ def tokenize_conversations(
             stats.truncated += 1
             _remember(stats.truncated_sources, conv.source)
         examples.append({"input_ids": encoded.input_ids, "labels": encoded.labels})
+        stats.replay += conv.meta.get("origin") == REPLAY_SOURCE
         stats.tokens += len(encoded.input_ids)
         stats.trained_tokens += encoded.trained_tokens
         stats.max_tokens = max(stats.max_tokens, len(encoded.input_ids))

@@ -62,8 +62,9 @@ def _progress(console: Console) -> Progress:
 def report_data(stats: dict, console: Console) -> None:
     for split, s in stats.items():
         console.print(
-            f"[bold]{split}[/]: {s['examples']} examples, {s['tokens']} tokens, "
-            f"{s['trained_tokens']} trained; truncated {s['truncated']}, dropped {s['dropped']}"
+            f"[bold]{split}[/]: {s['examples']} examples"
+            + (f" ({s['replay']} of them general rows from data.replay)" if s.get("replay") else "")
+            + f", {s['tokens']} tokens, {s['trained_tokens']} trained; truncated {s['truncated']}, dropped {s['dropped']}"
             + (f" {s['drop_reasons']}" if s["dropped"] else "")
             + (f", skipped {s['skipped']} bad rows {s['skip_reasons']} (data.on_error=skip)" if s.get("skipped") else ""),
             highlight=False,

@@ -32,7 +32,7 @@ img{max-width:100%}.muted{color:#777}pre{white-space:pre-wrap;background:#f8f8f8
 
 CONFIG_KEYS = [
     ("model", "name"), ("model", "quantize"), ("data", "path"), ("data", "eval_path"), ("data", "eval_ratio"),
-    ("data", "max_length"), ("data", "system"), ("lora", "method"), ("lora", "r"), ("lora", "alpha"),
+    ("data", "max_length"), ("data", "system"), ("data", "replay"), ("lora", "method"), ("lora", "r"), ("lora", "alpha"),
     ("lora", "dropout"), ("lora", "targets"), ("train", "epochs"), ("train", "max_steps"),
     ("train", "lr"), ("train", "batch_size"), ("train", "grad_accum"), ("train", "scheduler"),
     ("train", "metric"), ("train", "eval_every"), ("train", "patience"), ("train", "tracking"),
@@ -63,7 +63,7 @@ def config_section(info: RunInfo) -> str:
 
 
 def data_section(info: RunInfo) -> str:
-    keys = ["examples", "tokens", "trained_tokens", "truncated", "dropped", "max_tokens"]
+    keys = ["examples", "replay", "tokens", "trained_tokens", "truncated", "dropped", "max_tokens"]
     rows = [[split, *[stats.get(k) for k in keys]] for split, stats in info.data_stats.items()]
     return "<h2>Data</h2>" + (_table(["split", *keys], rows) if rows else "<p class=muted>no data_stats.json</p>")
 
@@ -78,6 +78,7 @@ def curves_section(info: RunInfo) -> str:
 def metrics_section(info: RunInfo) -> str:
     keys = ["steps", "train_loss", "final_loss", "final_eval_loss", "seconds", "tokens_per_s", "trained_tokens"]
     parts = ["<h2>Metrics</h2>", _table(["training", *keys], [["run", *[info.summary.get(k) for k in keys]]])]
+    parts.append(forgetting_table(info.summary.get("forgetting")))
     best = info.summary.get("in_training_eval")
     if best:
         parts.append(_table(["in-training metric", "best", "best step", "evaluations", "stopped early at", "adapter"],
@@ -93,6 +94,20 @@ def metrics_section(info: RunInfo) -> str:
     else:
         parts.append("<p class=muted>no saved evaluations (chattune eval RUN_DIR --data FILE)</p>")
     return "".join(parts)
+
+
+def forgetting_table(entry: dict | None) -> str:
+    """The forgetting guard (train/forgetting.py): base vs fine-tuned on the built-in general rows."""
+    if not entry:
+        return "<p class=muted>forgetting guard: not run (train.forgetting=false)</p>"
+    if "skipped" in entry:
+        return f"<p class=muted>forgetting guard: {escape(str(entry['skipped']))}</p>"
+    keys = ["rows", "base_loss", "tuned_loss", "loss_change", "kl_to_base", "threshold_kl"]
+    table = _table(["forgetting guard", *keys], [["general rows", *[entry.get(k) for k in keys]]])
+    if entry.get("warning"):
+        table += ("<p><mark>warning: KL to the base is above the threshold; the fine-tuned model drifted on "
+                  "general questions. Mix general rows in (data.replay) or train less (train.lr, train.epochs).</mark></p>")
+    return table
 
 
 _PIECES = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]|[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]+|\s+|[^\w\s]")

@@ -4,7 +4,8 @@ A checkpoint is RUN_DIR/checkpoints/checkpoint-STEP holding what transformers' T
 saves (adapter weights, optimizer, scheduler, RNG states, trainer_state.json) plus
 chattune's own state (chattune_state.json, written last). It is written into
 checkpoints/.tmp-checkpoint-STEP/ and renamed into place only when every file is on disk,
-so a crash or `kill -9` at any moment leaves either the whole checkpoint or none of it.
+so a crash or `kill -9` at any moment leaves either the whole checkpoint or none of it, and a
+full disk ends in one DiskFull error naming the checkpoint, its staging folder removed.
 This module does not decide *when* to save (the Trainer's save_steps and the signal
 callback do) nor how a resume is planned (train/resume.py).
 """
@@ -16,8 +17,9 @@ import re
 import shutil
 from pathlib import Path
 
+from chattune.faults import fault_point
 from chattune.model.adapters import quiet_pruned_ranks
-from chattune.rundir import checksum_problems, write_checksums
+from chattune.rundir import checksum_problems, located_disk_full, write_checksums
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "checkpoint-"
@@ -101,20 +103,24 @@ def retire(path: Path) -> None:
     gone = path.with_name(f"{RETIRED}{checkpoint_step(path)}")
     shutil.rmtree(gone, ignore_errors=True)
     os.replace(path, gone)
+    fault_point("checkpoint:retired-aside")
     shutil.rmtree(gone, ignore_errors=True)
 
 
 def commit(staged: Path, final: Path) -> None:
     """Checksum and fsync every staged file, then rename the folder to its final name (atomic on POSIX)."""
     write_checksums(staged)
+    fault_point("checkpoint:checksums")
     for file in staged.rglob("*"):
         if file.is_file():
             _fsync(file)
     _fsync(staged)
+    fault_point("checkpoint:fsynced")
     if final.exists():  # the same step saved again (a resume from an older checkpoint)
         retire(final)
     os.replace(staged, final)
     _fsync(final.parent)
+    fault_point("checkpoint:renamed")
 
 
 def _fsync(path: Path) -> None:
@@ -144,15 +150,27 @@ class AtomicCheckpoints:
         return super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial) -> None:
+        """Stage, commit and rotate; a full disk ends in DiskFull naming the checkpoint, its staging removed."""
         root = Path(self.args.output_dir)
-        name = f"{PREFIX}{self.state.global_step}"
         staging = root / f"{STAGING}{self.state.global_step}"
+        try:
+            with located_disk_full(root / f"{PREFIX}{self.state.global_step}"):
+                self._stage_and_commit(model, trial, root, staging)
+        except BaseException:
+            if self.args.should_save:
+                shutil.rmtree(staging, ignore_errors=True)  # the newest complete checkpoint stays the last one
+            raise
+        self.accelerator.wait_for_everyone()
+
+    def _stage_and_commit(self, model, trial, root: Path, staging: Path) -> None:
+        name = f"{PREFIX}{self.state.global_step}"
         main = self.args.should_save
         if self.progress is not None:
             self.progress.before_save(self)  # every rank: collective work (e.g. summing counters)
         if main:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
+            fault_point("checkpoint:staging-made")
         self.accelerator.wait_for_everyone()
         self._staging_root = staging
         try:
@@ -162,9 +180,12 @@ class AtomicCheckpoints:
             self._staging_root = None
         self.accelerator.wait_for_everyone()
         if main:
+            fault_point("checkpoint:trainer-files")
             if self.progress is not None:
                 self.progress.write(staging / name, self.state.global_step)
+            fault_point("checkpoint:chattune-state")
             commit(staging / name, root / name)
             shutil.rmtree(staging, ignore_errors=True)
+            fault_point("checkpoint:staging-removed")
             rotate(root, self.keep_checkpoints)
-        self.accelerator.wait_for_everyone()
+            fault_point("checkpoint:rotated")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from chattune.config import ConfigError
 
-PRESETS = "configs/distributed/"  # where the FSDP and DeepSpeed presets live (README: From one machine to a cluster)
+PRESETS = "configs/distributed/"  # where the FSDP and DeepSpeed presets live (docs/distributed.md)
 
 
 def world_size() -> int:
@@ -221,7 +221,7 @@ def check_engine(cfg, wants_eval_loop: bool, device: str, launching: bool = Fals
                           "on CPU drop it: --nproc N alone trains data-parallel (DDP over gloo)")
     if not (launching or "LOCAL_RANK" in os.environ):
         raise ConfigError(f"{key} shards over processes started by a launcher: add --nproc N, or run "
-                          "torchrun --nproc-per-node N -m chattune train ... (README: From one machine to a cluster)")
+                          "torchrun --nproc-per-node N -m chattune train ... (docs/distributed.md)")
     if wants_eval_loop and shards_weights(cfg.train):
         raise ConfigError(
             "train.eval_every / train.patience / train.metric keep and restore the best adapter, which needs "

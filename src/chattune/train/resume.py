@@ -27,6 +27,7 @@ from chattune.train.checkpoints import (
     drop_after,
     is_complete,
     latest_intact_checkpoint,
+    rotate,
 )
 from chattune.train.distributed import is_main
 
@@ -250,8 +251,13 @@ def restore_run(plan: ResumePlan, progress: CheckpointState, metrics_logger) -> 
     """Cut metrics.jsonl back to the checkpoint, drop newer checkpoints and leftovers, restore counters."""
     metrics_logger.records = trim_metrics(plan.run_dir / rundir.METRICS, plan.step)
     if is_main():
+        from chattune.model.adapters import INIT_ADAPTER
+        from chattune.train.monitor import LAST_ADAPTER
+
+        rundir.clean_temporaries(plan.run_dir, (LAST_ADAPTER, INIT_ADAPTER))  # writes cut by a kill or full disk
         clean_staging(plan.run_dir / CHECKPOINTS)
         drop_after(plan.run_dir / CHECKPOINTS, plan.step)
+        rotate(plan.run_dir / CHECKPOINTS, plan.cfg.train.keep_checkpoints)  # killed after a commit, before rotation
     if plan.checkpoint is not None:
         progress.restore(plan.state, plan.checkpoint)
 

@@ -15,6 +15,7 @@ from rich.console import Console
 from chattune import rundir
 from chattune.config import RunConfig
 from chattune.data.prepare import prepare_data, report_data
+from chattune.faults import fault_point
 from chattune.model.adapters import INIT_ADAPTER, adapter_writer, attach_lora, count_parameters
 from chattune.model.load import (
     load_base_model,
@@ -25,6 +26,8 @@ from chattune.model.load import (
 )
 from chattune.model.quant import compute_dtype, prepare_for_training
 from chattune.train import distributed
+from chattune.train.defaults import learning_rate
+from chattune.train.forgetting import guard_run
 from chattune.train.methods import method_callbacks, preflight, total_optimizer_steps
 from chattune.train.speed import (
     base_weight_dtype,
@@ -83,7 +86,7 @@ def prepare_run_dir(cfg: RunConfig, resuming: bool = False) -> Path:
     return path
 
 
-def build_training_args(cfg: RunConfig, run_path: Path, precision: str, device: str, has_eval: bool):
+def build_training_args(cfg: RunConfig, run_path: Path, precision: str, device: str, has_eval: bool, lr: float):
     from transformers import TrainingArguments
 
     t = cfg.train
@@ -94,7 +97,7 @@ def build_training_args(cfg: RunConfig, run_path: Path, precision: str, device: 
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
-        learning_rate=t.lr,
+        learning_rate=lr,
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
         warmup_steps=t.warmup_ratio,
@@ -179,11 +182,13 @@ def make_trainer_class():
     return CountingTrainer
 
 
-def train(cfg: RunConfig, console: Console | None = None, resume: str | None = None) -> TrainOutcome:
+def train(cfg: RunConfig, console: Console | None = None, resume: str | None = None,
+          callbacks: tuple = ()) -> TrainOutcome:
     """Train per `cfg`; write and return the run dir (with the in-memory model).
 
     `resume`: "auto" or a checkpoint/run dir path to continue (train/resume.py). A first
     SIGINT/SIGTERM saves a checkpoint and raises TrainingInterrupted (train/interrupt.py).
+    `callbacks`: extra transformers `TrainerCallback`s (the quality bench's held-out curve).
     """
     from chattune.train.monitor import wants_eval_loop
     from chattune.train.resume import plan_resume
@@ -202,11 +207,25 @@ def train(cfg: RunConfig, console: Console | None = None, resume: str | None = N
     console.print(f"[bold]run dir[/] {run_path}")
     # a run that fails before writing anything (bad data, a model that will not load) leaves no empty folder
     cleanup = rundir.removed_if_left_empty(run_path) if run_path in CREATED_RUN_DIRS else contextlib.nullcontext()
-    with cleanup:
-        return _train_into(run_path, cfg, plan, device, console)
+    with cleanup, located_disk_full_in_run(run_path):
+        return _train_into(run_path, cfg, plan, device, console, callbacks)
 
 
-def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Console) -> TrainOutcome:
+@contextlib.contextmanager
+def located_disk_full_in_run(run_path: Path):
+    """A full disk anywhere in a run: one DiskFull line naming what was being written and how to continue;
+    temporaries and a metrics line cut mid-write are removed, so nothing half-written stays."""
+    try:
+        with rundir.located_disk_full(run_path, resume=True):  # e.g. metrics.jsonl: the run dir is named
+            yield
+    except rundir.DiskFull:
+        if distributed.is_main():
+            rundir.clean_temporaries(run_path)
+            rundir.drop_cut_line(run_path / rundir.METRICS)
+        raise
+
+
+def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Console, extra_callbacks=()) -> TrainOutcome:
     """Everything after the run dir exists: data, model, the Trainer, and the saved run."""
     from transformers import set_seed
 
@@ -227,7 +246,9 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
     precision = pick_precision(cfg.train.precision, device)
     if warning := slow_precision_warning(precision, device):
         console.print(f"[yellow]warning[/]: {warning}")
-    args = build_training_args(cfg, run_path, precision, device, bool(data.eval))  # before the model: ZeRO-3 shards at load
+    lr, lr_source = learning_rate(cfg)
+    console.print(f"[bold]learning rate[/] {lr:g} ({lr_source})")
+    args = build_training_args(cfg, run_path, precision, device, bool(data.eval), lr)  # before the model: ZeRO-3
     adalora_steps = preflight(cfg, device, len(data.train), console)  # optimizer, targets, AdaLoRA schedule
     model, trainable = setup_model(cfg, run_path, precision, device, adalora_steps, console)
     checkpoints = cfg.train.keep_checkpoints + 1 if cfg.train.save_every else 1  # +1 while rotating; 1: on Ctrl-C
@@ -239,8 +260,8 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
     if plan:
         restore_run(plan, progress, metrics)  # metrics.jsonl cut back to the checkpoint, counters restored
         console.print(f"[bold]resuming[/] from {plan.checkpoint or 'step 0 (no checkpoint yet)'}")
-    callbacks = [StopOnNonFinite(precision, cfg.train.lr), metrics, *monitoring.callbacks, stopper,
-                 *method_callbacks(cfg.lora)]
+    callbacks = [StopOnNonFinite(precision, lr), metrics, *monitoring.callbacks, stopper,
+                 *method_callbacks(cfg.lora), *extra_callbacks]
     trainer = build_trainer(cfg, model, args, data, collator_for(cfg.train, tokenizer, model), callbacks, device)
     trainer.progress, trainer.counter = progress, counter
     progress.start()
@@ -266,7 +287,9 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
     if distributed.is_main():  # the run dir is written once, by rank 0
         summary = save_run(run_path, cfg, model, tokenizer, data.stats, metrics.records, result, seconds, counter,
                            precision, state_dict=state_dict)
-        add_to_summary(run_path, summary, digests, best, console)
+        summary["lr"] = lr  # what train.lr (auto: by model size) resolved to
+        forgetting = guard_run(cfg, model, tokenizer, console)  # base vs fine-tuned on general rows; None when off
+        add_to_summary(run_path, summary, digests, best, console, forgetting)
     distributed.barrier()  # every rank returns once the run dir is complete
     console.print(f"[green]saved[/] {run_path}  ({seconds:.0f} s, mean loss {result.training_loss:.4f})")
     return TrainOutcome(run_path, model, summary)
@@ -305,8 +328,10 @@ def setup_model(cfg: RunConfig, run_path: Path, precision: str, device: str, ada
     return model, trainable
 
 
-def add_to_summary(run_path: Path, summary: dict, digests, best: dict, console: Console) -> None:
-    """Several processes: each rank's adapter digest; in-training eval: the best step. Rewrites summary.json."""
+def add_to_summary(run_path: Path, summary: dict, digests, best: dict, console: Console, forgetting=None) -> None:
+    """Several processes: each rank's adapter digest; in-training eval: the best step; the forgetting guard's
+    scores (train/forgetting.py). Writes summary.json, the run dir's last file: it marks the run finished, so
+    a kill before it leaves a run that `--resume auto` saves again instead of calling it done."""
     if digests:
         summary["rank_adapter_sha256"] = digests
         if len(set(digests)) > 1:
@@ -314,20 +339,36 @@ def add_to_summary(run_path: Path, summary: dict, digests, best: dict, console: 
     if best:
         summary["in_training_eval"] = best
         console.print(f"[bold]best {best['metric']}[/] {best['best']:.4f} at step {best['best_step']}: {best['adapter']}")
-    if digests or best:
-        rundir.write_json_atomic(run_path / rundir.SUMMARY, summary)
+    if forgetting is not None:
+        summary["forgetting"] = forgetting
+    rundir.write_json_atomic(run_path / rundir.SUMMARY, summary)
+    fault_point("final:summary")
 
 
 def save_run(run_path, cfg, model, tokenizer, stats, records, result, seconds, counter, precision,
              state_dict=None) -> dict:
+    """Write the run dir, each file atomically, and return its summary (written last, by add_to_summary).
+    faults.FINAL_PHASES name the points in between (tests/test_kill_sweep.py kills the run at each)."""
     from chattune.train.plots import plot_loss
 
     rundir.save_dir_atomic(run_path / rundir.ADAPTER, lambda out: adapter_writer(model)(out, state_dict=state_dict))
+    fault_point("final:adapter")
     rundir.save_dir_atomic(run_path / rundir.TOKENIZER, tokenizer.save_pretrained)
+    fault_point("final:tokenizer")
     rundir.write_text_atomic(run_path / rundir.TEMPLATE, tokenizer.chat_template or "")
+    fault_point("final:template")
     rundir.write_text_atomic(run_path / rundir.CONFIG, cfg.to_yaml())
+    fault_point("final:config")
     rundir.write_json_atomic(run_path / rundir.DATA_STATS, stats)
-    summary = {
+    fault_point("final:data-stats")
+    with rundir.located_disk_full(run_path / rundir.LOSS_PLOT):
+        plot_loss(records, run_path / rundir.LOSS_PLOT, title=f"{cfg.name}: loss")
+    fault_point("final:loss-plot")
+    checkpoints = run_path / "checkpoints"
+    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()
+    fault_point("final:checkpoints-cleaned")
+    return {
         "steps": result.global_step,
         "train_loss": result.training_loss,
         "final_loss": next((r["loss"] for r in reversed(records) if "loss" in r), None),
@@ -339,9 +380,3 @@ def save_run(run_path, cfg, model, tokenizer, stats, records, result, seconds, c
         "processes": distributed.world_size(),
         "precision": precision,  # what train.precision resolved to on this device
     }
-    rundir.write_json_atomic(run_path / rundir.SUMMARY, summary)
-    plot_loss(records, run_path / rundir.LOSS_PLOT, title=f"{cfg.name}: loss")
-    checkpoints = run_path / "checkpoints"
-    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
-        checkpoints.rmdir()
-    return summary
