@@ -147,9 +147,10 @@ def test_ddp_backend_and_ranks(monkeypatch):
 def _args_for(preset: Path, key: str, precision: str = "bf16"):
     from chattune.train.trainer import build_training_args
 
-    cfg = load_config(None, [f"{key}={preset}", "train.batch_size=2", "train.grad_accum=4", "train.max_grad_norm=0.5"])
+    cfg = load_config(None, [f"{key}={preset}", "train.batch_size=2", "train.grad_accum=4", "train.max_grad_norm=0.5",
+                             "train.lr=3e-4"])
     # "cpu": this machine has no GPU, and TrainingArguments refuses bf16 on an absent one
-    return cfg, build_training_args(cfg, Path("/nonexistent/run"), precision, "cpu", False)
+    return cfg, build_training_args(cfg, Path("/nonexistent/run"), precision, "cpu", False, cfg.train.lr)
 
 
 def test_fsdp_preset_builds_training_args_and_accelerate_plugin():
