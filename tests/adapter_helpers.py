@@ -17,7 +17,7 @@ def strengthen_adapter(run_dir: Path, std: float = 0.05, seed: int = 1) -> None:
         if "lora_B" in name:
             weights[name] = torch.randn(tensor.shape, generator=generator) * std
     save_file(weights, weights_file)
-    from chattune.rundir import write_checksums
+    from chattune.io import write_checksums
 
     write_checksums(weights_file.parent)  # a deliberate change: the adapter's checksums follow it
 

@@ -106,3 +106,21 @@ def test_non_finite_numbers_and_step_counts_that_mean_nothing_are_refused(overri
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [override])
     assert load_config(None, ["train.max_steps=-1"]).train.max_steps == -1  # -1: by epochs
+
+
+def test_deprecated_eval_steps_is_read_as_eval_every():
+    """One interval key: an old config's train.eval_steps still loads, with a warning, as train.eval_every."""
+    import warnings
+
+    from chattune.config import validate_config
+
+    with pytest.warns(FutureWarning, match="train.eval_steps is deprecated and read as train.eval_every=5"):
+        assert load_config(None, ["train.eval_steps=5"]).train.eval_every == 5
+    with pytest.warns(FutureWarning, match="ignored"):
+        assert load_config(None, ["train.eval_steps=5", "train.eval_every=3"]).train.eval_every == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every run dir's config.yaml written before holds eval_steps: null
+        cfg = validate_config({"train": {"eval_steps": None}})
+    assert cfg.train.eval_every is None and "eval_steps" not in cfg.to_yaml()
+    with pytest.warns(FutureWarning), pytest.raises(ConfigError, match="train.eval_every"):
+        load_config(None, ["train.eval_steps=0"])

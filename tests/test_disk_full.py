@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import chattune.io as fileio
 from chattune import rundir
 from chattune.cli import main
+from chattune.train.checkpoints import STAGING_ROOT
 from resume_helpers import TINY, logged_losses, saved_adapter
 
 
@@ -65,7 +67,7 @@ def _assert_equals_straight(straight: Path, run_dir: Path) -> None:
         assert (want[name] - got[name]).abs().max().item() <= tolerance, name
     assert list(logged_losses(run_dir)) == [1, 2, 3, 4, 5, 6]
     assert logged_losses(run_dir) == pytest.approx(logged_losses(straight), rel=4 * torch.finfo(torch.float32).eps)
-    assert rundir.checksum_problems(run_dir / rundir.ADAPTER) == []
+    assert fileio.checksum_problems(run_dir / rundir.ADAPTER) == []
 
 
 def _hidden(run_dir: Path) -> list[Path]:
@@ -76,10 +78,10 @@ def test_disk_full_in_a_checkpoint_write(straight, tiny_model_dir, tmp_path, mon
     run_dir = tmp_path / "run"
     hit = _fill_at_card(monkeypatch, lambda path: path.parent.name == "checkpoint-4")
     assert main(_argv(tiny_model_dir, run_dir)) == 2
-    assert hit and hit[0].parent.parent.name == ".tmp-checkpoint-4"
+    assert hit and hit[0].parent.parent.name == STAGING_ROOT  # written while staged, not under the final name
     _one_located_error(capsys, run_dir / "checkpoints" / "checkpoint-4")
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-2"], "staging removed"
-    assert rundir.checksum_problems(run_dir / "checkpoints" / "checkpoint-2") == []
+    assert fileio.checksum_problems(run_dir / "checkpoints" / "checkpoint-2") == []
     assert not (run_dir / rundir.ADAPTER).exists() and not (run_dir / rundir.SUMMARY).exists()
     assert not _hidden(run_dir)
     monkeypatch.undo()  # space freed
@@ -153,21 +155,21 @@ def test_what_counts_as_a_full_disk(tmp_path, monkeypatch):
     errno-less zip-writer failure only when the disk is nearly full indeed."""
     from safetensors import SafetensorError
 
-    assert rundir.is_disk_full(_enospc(tmp_path / "x"))
-    assert rundir.is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
-    assert rundir.is_disk_full(SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert fileio.is_disk_full(_enospc(tmp_path / "x"))
+    assert fileio.is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert fileio.is_disk_full(SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"))
     try:
         try:
             raise _enospc(tmp_path / "x")
         except OSError as inner:
             raise RuntimeError("save failed") from inner
     except RuntimeError as outer:
-        assert rundir.is_disk_full(outer), "found down the exception chain"
+        assert fileio.is_disk_full(outer), "found down the exception chain"
     torch_failed = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
-    assert not rundir.is_disk_full(torch_failed, tmp_path), "plenty of space here: torch failed for another reason"
-    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda path: _Usage(free=4096))
-    assert rundir.is_disk_full(torch_failed, tmp_path / "missing" / "optimizer.pt")
-    assert not rundir.is_disk_full(PermissionError(errno.EACCES, "Permission denied"), tmp_path)
+    assert not fileio.is_disk_full(torch_failed, tmp_path), "plenty of space here: torch failed for another reason"
+    monkeypatch.setattr(fileio.shutil, "disk_usage", lambda path: _Usage(free=4096))
+    assert fileio.is_disk_full(torch_failed, tmp_path / "missing" / "optimizer.pt")
+    assert not fileio.is_disk_full(PermissionError(errno.EACCES, "Permission denied"), tmp_path)
 
 
 def test_a_full_disk_in_a_plain_atomic_write_names_the_file(tmp_path, monkeypatch):
@@ -177,9 +179,9 @@ def test_a_full_disk_in_a_plain_atomic_write_names_the_file(tmp_path, monkeypatc
         os.close(fd)
         raise _enospc(tmp_path)
 
-    monkeypatch.setattr(rundir.os, "fdopen", full)
-    with pytest.raises(rundir.DiskFull) as err:
-        rundir.write_json_atomic(tmp_path / "summary.json", {"a": 1})
+    monkeypatch.setattr(fileio.os, "fdopen", full)
+    with pytest.raises(fileio.DiskFull) as err:
+        fileio.write_json_atomic(tmp_path / "summary.json", {"a": 1})
     assert str(err.value).startswith(f"{tmp_path / 'summary.json'}: no space left on device")
     assert "free some space on that disk or choose another output folder" in str(err.value)
     assert list(tmp_path.iterdir()) == []

@@ -31,6 +31,7 @@ def _two_process_run(tiny_model_dir, tmp_path, *extra):
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # > ~15 s on 2 cores: subprocesses or many requests
 def test_two_processes_train_one_run_dir(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoConfig
@@ -65,6 +66,7 @@ def test_two_processes_train_one_run_dir(tiny_model_dir, tmp_path):
     assert proc.stderr.count("train: 16 examples") == 1
 
 
+@pytest.mark.slow  # > ~15 s on 2 cores: subprocesses or many requests
 def test_token_budget_pieces_sync_like_whole_batches(tiny_model_dir, tmp_path):
     """train.micro_batch_tokens=1 under DDP: each rank runs its 2 examples as 2 pieces, only the last syncs."""
     from safetensors.torch import load_file

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from chattune.config import load_config
-from chattune.eval.runner import EVAL_SUMMARY, PREDICTIONS, heldout_loss, run_eval
+from chattune.eval.runner import heldout_loss, run_eval
 from chattune.model.generate import generate_all, generate_batch
+from chattune.rundir import EVAL_SUMMARY, PREDICTIONS
 from chattune.train.evaluate import BestTracker, EvalLoop, snapshot_adapter
 
 ROWS = [

@@ -105,6 +105,7 @@ def test_quantized_runs_are_recognised_by_model_quantize():
     assert not is_quantized_run(load_config(None, []))
 
 
+@pytest.mark.slow  # > ~15 s on 2 cores: llama.cpp-style conversion and generation
 @pytest.mark.parametrize("dtype", ["f32", "f16"])
 def test_gguf_round_trip_greedy_outputs_match(tiny_run, tmp_path, dtype):
     from gguf import GGUFReader
@@ -136,6 +137,7 @@ def test_gguf_round_trip_greedy_outputs_match(tiny_run, tmp_path, dtype):
     assert len(fields["tokenizer.ggml.tokens"].contents()) == model.config.vocab_size
 
 
+@pytest.mark.slow  # > ~15 s on 2 cores: llama.cpp-style conversion and generation
 def test_gguf_of_tied_embeddings_has_no_output_tensor(tiny_model_dir, tmp_path):
     """The shared tiny model ties lm_head to the embeddings, as SmolLM2 does."""
     from gguf import GGUFReader

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import chattune.io as fileio
 from chattune import faults, rundir
 from resume_helpers import TINY, saved_adapter
 
@@ -99,7 +100,7 @@ def _differences(reference: Path, run_dir: Path, worst: list[float]) -> list[str
         problems.append(f"checkpoints {kept} != {want_kept}")
     if hidden := _hidden(run_dir):
         problems.append(f"left behind: {hidden}")
-    problems += [f"{name}/ damaged: {p}" for name in (rundir.ADAPTER,) for p in rundir.checksum_problems(run_dir / name)]
+    problems += [f"{name}/ damaged: {p}" for name in (rundir.ADAPTER,) for p in fileio.checksum_problems(run_dir / name)]
     return problems
 
 

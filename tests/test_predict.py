@@ -53,7 +53,8 @@ def test_batched_greedy_equals_one_at_a_time(chat, data_file):
 def test_each_row_stops_at_its_own_end_of_turn(chat, data_file):
     """Make row 0's first greedy token a stop token: row 0 ends right there, the others go on."""
     from chattune.infer.chat import GenerationSettings
-    from chattune.infer.predict import generate_batch, load_prompt_rows
+    from chattune.infer.predict import load_prompt_rows
+    from chattune.infer.predict import predict_all as generate_batch
 
     rows = load_prompt_rows(data_file)
     messages = [r.messages for r in rows[:3]]

@@ -9,8 +9,9 @@ from rich.console import Console
 
 from chattune.cli import main
 from chattune.config import load_config
-from chattune.report.html import REPORT, highlight, write_report
+from chattune.report.html import highlight, write_report
 from chattune.report.runs import compare_runs, print_runs, runs_rows
+from chattune.rundir import REPORT
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -215,6 +215,7 @@ def _logged_steps(run_dir: Path) -> int:
     return file.read_text().count('"loss"') if file.is_file() else 0
 
 
+@pytest.mark.slow  # > ~15 s on 2 cores: subprocesses or many requests
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_prints_resume_command_and_it_finishes(sig, tiny_model_dir, tmp_path):
     config = _write_config(tmp_path, tiny_model_dir, max_steps=12, save_every=100)
@@ -267,6 +268,7 @@ def _check_checkpoints(root: Path) -> int:
     return newest
 
 
+@pytest.mark.slow  # > ~15 s on 2 cores: subprocesses or many requests
 def test_kill_9_at_random_points_never_leaves_half_a_checkpoint(tiny_model_dir, tmp_path):
     steps = 24
     config = _write_config(tmp_path, tiny_model_dir, max_steps=steps, save_every=1, keep_checkpoints=2)

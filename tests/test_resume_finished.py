@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import chattune.io as fileio
 from chattune import rundir
 from resume_helpers import logged_losses, resume_cfg, saved_adapter
 
@@ -90,7 +91,7 @@ def test_a_damaged_final_adapter_is_refused_before_loading(straight, tmp_path):
 
     run_dir = tmp_path / "run"
     shutil.copytree(straight, run_dir)
-    assert (run_dir / rundir.ADAPTER / rundir.CHECKSUMS).is_file()
+    assert (run_dir / rundir.ADAPTER / fileio.CHECKSUMS).is_file()
     _flip_byte(run_dir / rundir.ADAPTER / "adapter_model.safetensors")
     with pytest.raises(rundir.RunDirError, match=r"the adapter is damaged .*adapter_model.safetensors: changed"):
         ChatModel.load(str(run_dir))

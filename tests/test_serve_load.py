@@ -20,6 +20,7 @@ from bench.serve_load import LoadSettings, format_report, parse_stream, run_load
 CLIENTS, SECONDS = 50, 10.0
 
 
+@pytest.mark.slow  # > ~15 s on 2 cores: subprocesses or many requests
 def test_fifty_streaming_clients_get_their_own_complete_answers(varied_tiny_model_dir, tmp_path, capsys):
     settings = LoadSettings(clients=CLIENTS, seconds=SECONDS, max_tokens=8, long_tokens=64, disconnect_every=7)
     with serve_subprocess(str(varied_tiny_model_dir), settings.long_tokens, tmp_path / "server.log") as (url, model):

@@ -59,7 +59,9 @@ def _train(tiny_model_dir, tmp_path, name, extra):
 ], ids=["packed", "padded", "model-loss"])
 def test_a_budget_changes_memory_not_the_optimizer_steps(tiny_model_dir, tmp_path, monkeypatch, common):
     """Two optimizer steps with one example per forward pass end at the same adapter as whole micro-batches."""
-    from chattune.train import trainer as trainer_module
+    from chattune.train import (
+        counting_trainer as trainer_module,  # where the trainer calls split_batch
+    )
 
     calls = []
     real_split = trainer_module.split_batch

@@ -115,6 +115,7 @@ def test_chat_module_multi_round_repl(trained):
 def test_bad_data_fails_before_model_loads(tmp_path, write_jsonl, monkeypatch):
     from chattune.data.formats import DataError
     from chattune.model import load
+    from chattune.train import trainer
     from chattune.train.trainer import train
 
     bad = write_jsonl([{"instruction": "q", "output": 3}])
@@ -122,10 +123,15 @@ def test_bad_data_fails_before_model_loads(tmp_path, write_jsonl, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("the model must not load for bad data")
 
-    monkeypatch.setattr(load, "load_base_model", boom)
+    # the trainer holds its own reference (imported by name): patch it where it is called, and at the source
+    for module in (load, trainer):
+        monkeypatch.setattr(module, "load_base_model", boom)
     cfg = load_config(None, [f"data.path={bad}", f"run_dir={tmp_path / 'r'}"])
     with pytest.raises(DataError, match=r"data.jsonl:1:output"):
         train(cfg)
+    good = write_jsonl([{"instruction": "q", "output": "a"}], name="good.jsonl")
+    with pytest.raises(AssertionError, match="must not load"):  # the patch fires once the data is fine
+        train(load_config(None, [f"data.path={good}", f"run_dir={tmp_path / 'g'}", "data.eval_ratio=0"]))
 
 
 def test_existing_run_dir_is_refused(tmp_path):

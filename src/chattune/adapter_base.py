@@ -5,7 +5,7 @@ Two checks. Before any weights load: the base recorded in `adapter_config.json`
 load. After the base loads: every LoRA tensor's shape against the module it adapts. Names
 are compared leniently (same string, same folder, or folders whose config.json agree), so
 a run dir copied to another machine still loads; a refusal needs positive evidence of a
-different model. It does not load weights itself; chat, export and serve call it.
+different model. It does not load weights itself; rundir.py's loaders call it.
 """
 
 from __future__ import annotations

@@ -12,11 +12,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from chattune.config import ConfigError
     from chattune.data.formats import DataError
     from chattune.data.templates import TemplateError
+    from chattune.io import DiskFull
     from chattune.models import ModelSourceError
     from chattune.rundir import RunDirError
     from chattune.train.callbacks import TrainingDiverged
 
-    return (ConfigError, DataError, TemplateError, ModelSourceError, RunDirError, FileExistsError, TrainingDiverged)
+    return (ConfigError, DataError, TemplateError, ModelSourceError, RunDirError, DiskFull, FileExistsError,
+            TrainingDiverged)
 
 
 def run_command(args: Namespace) -> int:

@@ -4,7 +4,7 @@ With CHATTUNE_KILL_AT=NAME (or NAME@N: the N-th time that point is reached, coun
 `fault_point(NAME)` sends SIGKILL to its own process, exactly as an OOM killer or a preempted
 node would: no handler, no cleanup, no flush. Points sit between the phases of a checkpoint
 commit (train/checkpoints.py), of the final save (train/trainer.py save_run) and of the atomic
-writes under them (rundir.py); tests/test_kill_sweep.py kills the training CLI at each one.
+writes under them (io.py); tests/test_kill_sweep.py kills the training CLI at each one.
 Unset (always, outside those tests), a point costs one comparison.
 """
 
@@ -30,7 +30,7 @@ FINAL_PHASES = (
     "final:adapter", "final:tokenizer", "final:template", "final:config", "final:data-stats", "final:loss-plot",
     "final:checkpoints-cleaned", "final:summary",
 )
-# Inside an atomic write (rundir.py): the temporary file or folder complete, not yet renamed to NAME.
+# Inside an atomic write (io.py): the temporary file or folder complete, not yet renamed to NAME.
 WRITTEN = "written"
 
 _armed = os.environ.get(ENV) or None

@@ -1,31 +1,35 @@
-"""The run dir contract: what training writes and everything after it reads.
+"""The run dir API: every file name a run dir holds, one typed reader, and one way to load a run.
 
-Layout of a run dir:
-    config.yaml          the fully resolved RunConfig
-    adapter/             PEFT adapter (loads with plain PeftModel.from_pretrained)
-    tokenizer/           tokenizer files, including the chat template used in training
-    chat_template.jinja  the exact chat template used (also inside tokenizer/)
-    data_stats.json      examples, tokens, trained tokens, truncated/dropped with reasons
-    metrics.jsonl        one JSON object per logged step (step, loss, lr, tokens/s, ...)
-    loss.png             the loss curve
-    summary.json         final numbers of the run
-    init_adapter/        lora.init=pissa/olora only: the initial adapter (model/adapters.py)
-All files are written to a temporary name and renamed, so a reader never sees half a file;
-a full disk during a write ends in DiskFull (one line: the path and the fix), its temporary removed.
+Layout of a run dir (each name is a constant below; no other module spells one):
+    config.yaml          CONFIG: the fully resolved RunConfig
+    adapter/             ADAPTER: PEFT adapter (loads with plain PeftModel.from_pretrained)
+    tokenizer/           TOKENIZER: tokenizer files, including the chat template used in training
+    chat_template.jinja  TEMPLATE: the exact chat template used (also inside tokenizer/)
+    data_stats.json      DATA_STATS: examples, tokens, trained tokens, truncated/dropped with reasons
+    metrics.jsonl        METRICS: one JSON object per logged step (step, loss, lr, tokens/s, ...)
+    loss.png             LOSS_PLOT: the loss curve
+    summary.json         SUMMARY: final numbers of the run
+    init_adapter/        INIT_ADAPTER: lora.init=pissa/olora only, the initial adapter (model/adapters.py)
+    last_adapter/        LAST_ADAPTER: in-training eval only, the final weights when adapter/ is the best
+    checkpoints/         CHECKPOINTS: checkpoint-STEP/ folders (train/checkpoints.py), each with
+                         BEST_ADAPTER (eval_best_adapter.safetensors) when in-training eval keeps a best
+    eval/NAME-TIME/      EVAL_DIR: one `chattune eval`, PREDICTIONS (predictions.jsonl) and
+                         EVAL_SUMMARY (summary.json)
+    report.html          REPORT: `chattune report`
+Files are written with chattune.io (temporary name, then rename), so a reader never sees half a
+file. RunDir reads a run dir; load_for_inference loads its base + adapter for chat, predict,
+eval, export and serve (torch, transformers and peft are imported only when it runs).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
-import os
 import shutil
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from chattune.faults import WRITTEN, fault_point
+from chattune.io import checksum_problems
 
 CONFIG = "config.yaml"
 ADAPTER = "adapter"
@@ -35,7 +39,17 @@ DATA_STATS = "data_stats.json"
 METRICS = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 SUMMARY = "summary.json"
+INIT_ADAPTER = "init_adapter"
+LAST_ADAPTER = "last_adapter"
+CHECKPOINTS = "checkpoints"
+BEST_ADAPTER = "eval_best_adapter.safetensors"  # inside a checkpoint
+EVAL_DIR = "eval"
+PREDICTIONS = "predictions.jsonl"  # inside an eval folder
+EVAL_SUMMARY = "summary.json"  # inside an eval folder
+REPORT = "report.html"
 
+# What training writes atomically at the top of a run dir, for io.clean_temporaries
+TEMPORARY_OF = (CONFIG, ADAPTER, TOKENIZER, TEMPLATE, DATA_STATS, METRICS, LOSS_PLOT, SUMMARY)
 
 SPACE_MARGIN = 32 * 2**20  # tokenizer, template, metrics, plots, tracker logs
 
@@ -71,173 +85,29 @@ def check_free_space(path: Path, need: int) -> None:
         )
 
 
-class DiskFull(RunDirError):
-    """A write failed because the disk (or the user's quota) is full; what it was writing is not left half-written."""
+@dataclass
+class SavedEval:
+    """One RUN_DIR/eval/NAME-TIME/ folder: its summary and its predictions."""
 
-    def __init__(self, path: Path, resume: bool = False):
-        self.path, self.resume = Path(path), resume
-        super().__init__(f"{path}: no space left on device (nothing was left half-written); "
-                         f"{RESUME_FIX if resume else PLAIN_FIX}")
-
-
-PLAIN_FIX = "free some space on that disk or choose another output folder"
-RESUME_FIX = ("free some space on that disk, then run the same command with --resume auto (it continues from the newest "
-              "complete checkpoint), or start again with another output_dir or run_dir")
+    path: Path
+    summary: dict
+    predictions: list[dict] = field(default_factory=list)
 
 
-FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
-# safetensors wraps Rust's io::Error: "I/O error: No space left on device (os error 28)"
-FULL_MESSAGES = ("No space left on device", "Disk quota exceeded", "(os error 28)", "(os error 122)")
-# torch.save's zip writer loses the errno: "[enforce fail at inline_container.cc:672] . unexpected pos 576
-# vs 534" (measured on a full tmpfs); a full disk only when the disk written to is full indeed
-TORCH_WRITE_FAILED = "inline_container.cc"
-NEARLY_FULL = 16 * 2**20
+def _json(path: Path, default):
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else default
 
 
-def is_disk_full(err: BaseException | None, path: Path | None = None) -> bool:
-    """ENOSPC/EDQUOT anywhere in the exception's chain, also when a library re-raised it as text;
-    torch's failed writes count when the disk holding `path` has under NEARLY_FULL bytes free."""
-    while err is not None:
-        if isinstance(err, DiskFull) or (isinstance(err, OSError) and err.errno in FULL_ERRNOS):
-            return True
-        text = str(err)
-        if any(message in text for message in FULL_MESSAGES):
-            return True
-        if path is not None and TORCH_WRITE_FAILED in text and _free_bytes(path) < NEARLY_FULL:
-            return True
-        err = err.__cause__ or err.__context__
-    return False
-
-
-def _free_bytes(path: Path) -> int:
-    path = Path(path)
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return shutil.disk_usage(path).free
-
-
-@contextlib.contextmanager
-def located_disk_full(path: Path, resume: bool = False):
-    """A full disk inside the block becomes DiskFull naming `path` (a DiskFull from deeper down is kept)."""
-    try:
-        yield
-    except DiskFull as err:
-        if resume and not err.resume:  # the path written deepest, the fix of the outermost caller
-            raise DiskFull(err.path, resume=True) from err
-        raise
-    except Exception as err:
-        if not is_disk_full(err, path):
-            raise
-        raise DiskFull(path, resume) from err
-
-
-# Temporaries of the atomic writes below are named .NAME.XXXXXXXX (plots: .NAME.tmp.png)
-TEMPORARY_OF = (CONFIG, ADAPTER, TOKENIZER, TEMPLATE, DATA_STATS, METRICS, LOSS_PLOT, SUMMARY)
-
-
-def clean_temporaries(path: Path, names: tuple[str, ...] = ()) -> list[Path]:
-    """Delete what atomic writes left in `path` when killed mid-write (the run dir's files and `names`)."""
-    prefixes = tuple(f".{name}." for name in (*TEMPORARY_OF, *names))
-    leftovers = [p for p in Path(path).iterdir() if p.name.startswith(prefixes)] if Path(path).is_dir() else []
-    for leftover in leftovers:
-        if leftover.is_dir() and not leftover.is_symlink():
-            shutil.rmtree(leftover, ignore_errors=True)
-        else:
-            leftover.unlink(missing_ok=True)
-    return leftovers
-
-
-def drop_cut_line(path: Path) -> None:
-    """Truncate a line-per-record file after its last complete line (an append cut by a full disk)."""
+def _jsonl(path: Path) -> list[dict]:
     if not path.is_file():
-        return
-    with open(path, "rb+") as handle:
-        data = handle.read()
-        if data and not data.endswith(b"\n"):
-            handle.truncate(data.rfind(b"\n") + 1)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with located_disk_full(path):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.chmod(tmp, 0o644)  # mkstemp makes files owner-only; run dirs are meant to be shared
-            fault_point(WRITTEN, path.name)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-def write_json_atomic(path: Path, data) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-def save_dir_atomic(target: Path, write) -> None:
-    """Call write(tmp_dir), then rename tmp_dir to target; an old target is renamed aside first and
-    deleted last, so no half-deleted folder is ever visible under the target's name."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    old = target.with_name(f".{target.name}.old")
-    with located_disk_full(target):
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            write(tmp)
-            os.chmod(tmp, 0o755)
-            fault_point(WRITTEN, target.name)
-            if target.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(target, old)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-CHECKSUMS = "chattune_checksums.json"  # sha256 of every other file, written when a folder is committed
-
-
-def write_checksums(folder: Path) -> None:
-    """Record the size and sha256 of every file under `folder` (before it is renamed into place)."""
-    sums = {str(f.relative_to(folder)): {"bytes": f.stat().st_size, "sha256": _sha256(f)}
-            for f in sorted(folder.rglob("*")) if f.is_file() and f.name != CHECKSUMS}
-    (folder / CHECKSUMS).write_text(json.dumps(sums, indent=1) + "\n", encoding="utf-8")
-
-
-def checksum_problems(folder: Path) -> list[str]:
-    """What no longer matches the checksums written at commit time ([] when intact or never summed)."""
-    record = Path(folder) / CHECKSUMS
-    if not record.is_file():
-        return []  # written before chattune kept checksums
-    try:
-        sums = json.loads(record.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        return [f"{record}: unreadable"]
-    problems = []
-    for name, expected in sums.items():
-        path = Path(folder) / name
-        if not path.is_file():
-            problems.append(f"{path}: missing")
-        elif path.stat().st_size != expected["bytes"] or _sha256(path) != expected["sha256"]:
-            problems.append(f"{path}: changed since it was written (checksum mismatch)")
-    return problems
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 @dataclass
 class RunDir:
+    """Typed reads of one run dir; a missing optional file reads as empty."""
+
     path: Path
 
     @property
@@ -249,15 +119,34 @@ class RunDir:
         return self.path / TOKENIZER
 
     def config(self):
+        """The validated RunConfig the run was trained with."""
         from chattune.config import load_config
 
         return load_config(self.path / CONFIG)
 
+    def config_dict(self) -> dict:
+        """config.yaml as written, unvalidated (a report shows it even from another chattune version)."""
+        import yaml
+
+        return yaml.safe_load((self.path / CONFIG).read_text(encoding="utf-8")) or {}
+
+    def summary(self) -> dict:
+        return _json(self.path / SUMMARY, {})
+
+    def data_stats(self) -> dict:
+        return _json(self.path / DATA_STATS, {})
+
     def metrics(self) -> list[dict]:
-        file = self.path / METRICS
-        if not file.is_file():
-            return []
-        return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+        return _jsonl(self.path / METRICS)
+
+    def evals(self) -> list[SavedEval]:
+        """Every RUN_DIR/eval/*/summary.json with its predictions, oldest first."""
+        found = []
+        for folder in sorted((self.path / EVAL_DIR).glob("*/")):
+            summary = _json(folder / EVAL_SUMMARY, None)
+            if summary is not None:
+                found.append(SavedEval(folder, summary, _jsonl(folder / PREDICTIONS)))
+        return sorted(found, key=lambda e: e.summary.get("created", ""))
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -270,3 +159,84 @@ def open_run_dir(path: str | Path) -> RunDir:
     if missing:
         raise RunDirError(f"{run.path}: not a complete run dir (missing {', '.join(missing)})")
     return run
+
+
+@dataclass
+class Loaded:
+    """A run loaded for inference: base + adapter in eval mode, its tokenizer and its config."""
+
+    run: RunDir
+    cfg: object  # RunConfig
+    model: object  # PeftModel
+    tokenizer: object  # the run's tokenizer/, with the chat template used in training
+
+
+def load_for_inference(path: str | Path, device: str = "cpu", dtype=None, *, dequantized: bool = False) -> Loaded:
+    """Load a run as chat, predict, eval and export use it: the base its config names, the adapter on it.
+
+    The adapter's recorded base is checked before any weights load, its checksums and tensor shapes
+    after. `dtype` None is load_base_model's default (fp32). A QLoRA run's base loads quantized as
+    in training; with `dequantized` (export) it becomes fp32 copies of those exact weights before
+    the adapter goes on, so a merge lands there.
+    """
+    from chattune.adapter_base import check_adapter_base
+    from chattune.model.load import load_base_model
+    from chattune.models import resolve_model
+
+    run = open_run_dir(path)
+    cfg = run.config()
+    check_adapter_base(run.adapter, resolve_model(cfg.model.name, cfg.model.revision))
+    tokenizer = _run_tokenizer(run, cfg)
+    base = load_base_model(cfg.model, dtype=dtype, device=device)
+    if dequantized and cfg.model.quantize != "none":
+        from chattune.model.quant import dequantize
+
+        # fp32 copies of the exact weights the 4/8-bit layers computed with: base + adapter on them is the
+        # trained model (bitsandbytes' 4-bit matmul is x @ dequantize(W)), and the merge adds the delta in
+        # fp32 (peft's merge into a 4-bit layer would re-quantize the sum)
+        base = dequantize(base)
+    model = attach_adapter(base, run.adapter)
+    model.eval()
+    return Loaded(run, cfg, model, tokenizer)
+
+
+def join_for_inference(path: str | Path, model, adapter_name: str, base: str | None = None) -> Loaded:
+    """Add a run's adapter to `model`, a loaded PeftModel over the same base, as `adapter_name`
+    (serve: run dirs over one base share one model). `base` names it in a shape mismatch."""
+    from chattune.adapter_base import check_adapter_shapes
+    from chattune.model.adapters import quiet_adalora_rank_pattern
+
+    run = open_run_dir(path)
+    check_adapter_shapes(run.adapter, model, base)
+    check_adapter_intact(run.adapter)
+    with quiet_adalora_rank_pattern():
+        model.load_adapter(str(run.adapter), adapter_name=adapter_name)
+    model.eval()
+    cfg = run.config()
+    return Loaded(run, cfg, model, _run_tokenizer(run, cfg))
+
+
+def attach_adapter(base, adapter_path: Path, adapter_name: str = "default"):
+    """A run's adapter attached to `base` with peft, after its checksums and tensor shapes are checked."""
+    from peft import PeftModel
+
+    from chattune.adapter_base import check_adapter_shapes
+    from chattune.model.adapters import quiet_adalora_rank_pattern
+
+    check_adapter_intact(adapter_path)
+    check_adapter_shapes(adapter_path, base)
+    with quiet_adalora_rank_pattern():
+        return PeftModel.from_pretrained(base, str(adapter_path), adapter_name=adapter_name)
+
+
+def check_adapter_intact(adapter_path: Path) -> None:
+    """Refuse an adapter whose files changed since training wrote them (a flipped byte loads silently)."""
+    if problems := checksum_problems(Path(adapter_path)):
+        raise RunDirError(f"{adapter_path}: the adapter is damaged ({'; '.join(problems)}); "
+                          "use another run, or its last checkpoint (chattune train ... --resume auto)")
+
+
+def _run_tokenizer(run: RunDir, cfg):
+    from chattune.model.load import open_tokenizer
+
+    return open_tokenizer(str(run.tokenizer), trust_remote_code=cfg.model.trust_remote_code)

@@ -97,10 +97,10 @@ def task_rows(split: str = "train", seed: int = 0) -> list[dict]:
     return [{"text": t, "category": ", ".join(LABELS), "output": label} for t, label in topic_texts(split, seed)]
 
 
-def topic_conversations(size: int | None = None, seed: int = 0, system: str | None = None) -> list[Conversation]:
+def topic_conversations(system: str | None = None) -> list[Conversation]:
     """The train split as conversations (for data.path=builtin:topic-classify)."""
     convs = []
-    for number, row in enumerate(topic_rows("train", size, seed), start=1):
+    for number, row in enumerate(topic_rows("train"), start=1):
         messages = [{"role": "system", "content": system or row["system"]},
                     {"role": "user", "content": row["instruction"]},
                     {"role": "assistant", "content": row["output"]}]
@@ -110,7 +110,7 @@ def topic_conversations(size: int | None = None, seed: int = 0, system: str | No
 
 def write_files(out_dir: str | Path, seed: int = 0) -> list[Path]:
     """train/test.jsonl (alpaca rows) and train/test-task.jsonl (seed 002's raw columns), same sentences."""
-    from chattune.rundir import write_text_atomic
+    from chattune.io import write_text_atomic
 
     out = Path(out_dir)
     written = []

@@ -13,17 +13,24 @@ from chattune.data.templates import IGNORE_INDEX
 
 
 class PadCollator:
-    """Dynamic padding to the longest example in the batch."""
+    """Dynamic right-padding to the longest example in the batch.
 
-    def __init__(self, pad_id: int, multiple_of: int = 1):
+    Kept instead of transformers' DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+    (transformers 5.23): on the built-in tokenizer both give the same tensors, but that collator
+    pads on `tokenizer.padding_side` (left on a tokenizer configured so, which would make
+    train/token_budget.split_padded cut real tokens: it assumes right padding), fails on any
+    non-tensor field of an example, and needs a tokenizer where tests/test_token_budget.py,
+    tests/test_masking.py and tests/test_performance.py build this from a pad id alone.
+    Measured (2 CPU cores, 8 rows of 100-400 tokens): 0.83 ms per batch here, 1.16 ms there.
+    """
+
+    def __init__(self, pad_id: int):
         self.pad_id = pad_id
-        self.multiple_of = multiple_of
 
     def __call__(self, examples: list[dict]) -> dict:
         import torch
 
         longest = max(len(e["input_ids"]) for e in examples)
-        longest = -(-longest // self.multiple_of) * self.multiple_of
         ids, labels, mask = [], [], []
         for e in examples:
             gap = longest - len(e["input_ids"])

@@ -1,7 +1,8 @@
-"""Build training examples: load and mix sources, split, tokenize with labels, truncate, count.
+"""Training-example rules: load and mix sources, split, fit an example to max_length, count.
 
 Nothing is dropped or cut silently: DataStats counts every truncated and dropped example
-with its reason and a few sources. It does not batch or pad; collate.py does.
+with its reason and a few sources. prepare.py applies these rules at scale (encode.py);
+tokenize_conversations is the same, one conversation at a time. It does not batch or pad.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import random
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chattune.data.builtin import SOURCE as BUILTIN_SOURCE
 from chattune.data.builtin import self_cognition
@@ -18,6 +20,9 @@ from chattune.data.builtin_classify import topic_conversations
 from chattune.data.builtin_general import REPLAY_SOURCE, replay_conversations
 from chattune.data.formats import Conversation, DataError, RowSpec, load_conversations
 from chattune.data.templates import Encoded, encode_conversation
+
+if TYPE_CHECKING:
+    from chattune.config import DataConfig
 
 EXAMPLES_KEPT = 3  # sources listed per truncation/drop reason
 SKIPPED_KEPT = 20  # skipped rows listed (with their reason) in data_stats.json; all are counted
@@ -45,14 +50,14 @@ class DataStats:
         return asdict(self)
 
 
-def row_spec(data_cfg) -> RowSpec:
+def row_spec(data_cfg: DataConfig) -> RowSpec:
     return RowSpec(
         format=data_cfg.format, system=data_cfg.system, columns=dict(data_cfg.columns or {}),
         prompt=data_cfg.prompt, response=data_cfg.response,
     )
 
 
-def load_data_conversations(data_cfg, seed: int, errors: list[DataError] | None = None) -> list[Conversation]:
+def load_data_conversations(data_cfg: DataConfig, seed: int, errors: list[DataError] | None = None) -> list[Conversation]:
     """Conversations from the configured file(s) or built-in dataset (no tokenizer needed).
 
     With data.sources, each file's rows are taken `weight` times (whole copies, then a
@@ -64,13 +69,13 @@ def load_data_conversations(data_cfg, seed: int, errors: list[DataError] | None 
     return mixed
 
 
-def _sources(data_cfg) -> list[tuple[str, float]]:
+def _sources(data_cfg: DataConfig) -> list[tuple[str, float]]:
     if data_cfg.sources:
         return [(source.path, source.weight) for source in data_cfg.sources]
     return [(data_cfg.path, 1.0)]
 
 
-def load_source(data_cfg, path: str, seed: int, errors=None) -> list[Conversation]:
+def load_source(data_cfg: DataConfig, path: str, seed: int, errors=None) -> list[Conversation]:
     if path == BUILTIN_SOURCE:
         convs = self_cognition(data_cfg.name, data_cfg.author, size=data_cfg.size, seed=seed)
         if data_cfg.system:
@@ -94,7 +99,7 @@ def weighted(convs: list[Conversation], weight: float, seed: int) -> list[Conver
     return convs * whole + random.Random(seed).sample(convs, extra)
 
 
-def load_splits(data_cfg, seed: int, errors: list[DataError] | None = None):
+def load_splits(data_cfg: DataConfig, seed: int, errors: list[DataError] | None = None):
     """(train, eval) conversations: eval from data.eval_path if set, else a data.eval_ratio share.
 
     The ratio split happens per source before weighting, so no weighted copy of an eval
@@ -136,7 +141,7 @@ def tokenize_conversations(
             raise DataError(conv.source, "no trainable token after templating (empty answers?)")
         stats.turns_without_stop += sum(encoded.input_ids[end - 1] not in stop_ids for end in encoded.turn_ends)
         if len(encoded.input_ids) > max_length:
-            encoded, reason = _fit(tokenizer, conv.messages, encoded, max_length, policy, stop_ids, mask)
+            encoded, reason = fit_example(tokenizer, conv.messages, encoded, max_length, policy, stop_ids, mask)
             if encoded is None:
                 drop_reasons[reason] += 1
                 _remember(stats.dropped_sources, conv.source)
@@ -163,7 +168,7 @@ def _remember(sources: list[str], source: str) -> None:
         sources.append(source)
 
 
-def _fit(tokenizer, messages, encoded: Encoded, max_length: int, policy: str, stop_ids, mask="assistant"):
+def fit_example(tokenizer, messages, encoded: Encoded, max_length: int, policy: str, stop_ids, mask="assistant"):
     """Make an over-long example fit: drop earliest rounds, then cut the last answer's middle."""
     if policy == "drop":
         return None, f"longer than max_length={max_length}"

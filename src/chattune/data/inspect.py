@@ -9,15 +9,20 @@ magenta = special tokens). Needs only the tokenizer; the caller loads it.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from chattune.data.dataset import tokenize_conversations
-from chattune.data.lint import SHOWN_PER_KIND, CheckedData, Finding, lint_data
-from chattune.data.templates import IGNORE_INDEX, stop_token_ids
+from chattune.data.dataset import DataStats
+from chattune.data.lint import SHOWN_PER_KIND, Finding
+from chattune.data.prepare import Prepared, prepare
+from chattune.data.templates import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from chattune.config import DataConfig
 
 BAR_WIDTH = 40
 BINS = 8
@@ -25,45 +30,38 @@ BINS = 8
 
 def inspect_data(cfg, tokenizer, n: int, console: Console) -> int:
     """Print the report; return 1 if the lint found errors (training would refuse), else 0."""
-    checked = lint_data(cfg.data, tokenizer, cfg.seed)
-    console.print(f"[bold]template[/] {checked.report.template or 'none'}; mask {cfg.data.mask}; "
+    data = prepare(cfg.data, tokenizer, cfg.seed)
+    console.print(f"[bold]template[/] {data.report.template or 'none'}; mask {cfg.data.mask}; "
                   f"max_length {cfg.data.max_length} ({cfg.data.truncation})")
-    print_sources(checked, cfg.data, console)
-    bad = {part for f in checked.report.errors for part in (f.where, f.where.rsplit(":", 1)[0])}
-    usable = [c for c in checked.train if c.source not in bad]
-    stops = stop_token_ids(tokenizer)
-    examples, stats = tokenize_conversations(
-        tokenizer, usable, cfg.data.max_length, cfg.data.truncation, stops, mask=cfg.data.mask
-    ) if usable else ([], None)
-    if stats:
-        print_histogram([checked.lengths[c.source] for c in usable if c.source in checked.lengths],
-                        cfg.data.max_length, console)
-        print_stats("train", stats, console)
-    usable_eval = [c for c in checked.eval if c.source not in bad]
-    if usable_eval:
-        _, eval_stats = tokenize_conversations(
-            tokenizer, usable_eval, cfg.data.max_length, cfg.data.truncation, stops, mask=cfg.data.mask
-        )
-        print_stats("eval", eval_stats, console)
-    print_findings("error", "red", checked.report.errors, console)
-    print_findings("warning", "yellow", checked.report.warnings, console)
-    print_findings("skipped (data.on_error=skip)", "yellow", checked.report.skipped, console)
-    for conv, example in list(zip(usable, examples, strict=False))[:n]:
-        console.rule(f"{conv.source}  ({len(example['input_ids'])} tokens, "
+    print_sources(data, cfg.data, console)
+    if data.usable.get("train"):
+        print_histogram(data.lengths, cfg.data.max_length, console)
+        print_stats("train", _counted(data.stats["train"]), console)
+    if data.usable.get("eval"):
+        print_stats("eval", _counted(data.stats["eval"]), console)
+    print_findings("error", "red", data.report.errors, console)
+    print_findings("warning", "yellow", data.report.warnings, console)
+    print_findings("skipped (data.on_error=skip)", "yellow", data.report.skipped, console)
+    for i in range(min(n, len(data.train))):
+        example = data.train[i]
+        console.rule(f"{data.train.source(i)}  ({len(example['input_ids'])} tokens, "
                      f"{sum(x != IGNORE_INDEX for x in example['labels'])} trained)")
         console.print(render_example(tokenizer, example["input_ids"], example["labels"]))
     console.print("[dim]legend: [green]trained[/green], context, [magenta]special token[/magenta], "
                   "↵ newline[/dim]")
-    return 1 if checked.report.errors else 0
+    return 1 if data.report.errors else 0
 
 
-def print_sources(checked: CheckedData, data_cfg, console: Console) -> None:
+def _counted(stats: dict) -> DataStats:
+    return DataStats(**stats)
+
+
+def print_sources(data: Prepared, data_cfg: DataConfig, console: Console) -> None:
     weights = {s.path: s.weight for s in data_cfg.sources or []}
     table = Table(title="examples per source", title_justify="left")
     for column in ("source", "weight", "train", "eval"):
         table.add_column(column, justify="left" if column == "source" else "right")
-    train = Counter(c.meta.get("origin", "?") for c in checked.train)
-    eval_ = Counter(c.meta.get("origin", "?") for c in checked.eval)
+    train, eval_ = Counter(data.origins.get("train", {})), Counter(data.origins.get("eval", {}))
     for origin in list(dict.fromkeys([*train, *eval_])):
         table.add_row(origin, f"{weights.get(origin, 1.0):g}", str(train[origin]), str(eval_[origin]))
     console.print(table)

@@ -1,19 +1,19 @@
-"""Check a configured dataset against its tokenizer and template before any model loads.
+"""Check a configured dataset, encoded once, against its tokenizer and template before any model loads.
 
 Hard errors (file:line:field): bad rows (empty answer, roles not alternating, unknown
 role, missing fields, undecodable lines), template missing or unusable, no trainable token,
 a trained turn whose end-of-turn token is not trained. With data.on_error=skip, row-level
 problems are skipped and counted instead. Warnings: duplicate conversations, examples
-longer than data.max_length, special-token text inside a message. `chattune train` and
-`chattune data inspect` both run it. It needs only the tokenizer, never model weights;
-it does not build training examples.
+longer than data.max_length, special-token text inside a message. It judges the facts
+encode.py computed per example (ids, labels, lengths); it never tokenizes, needs no
+model weights and does not choose the template: prepare.py applies it first.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
@@ -24,15 +24,13 @@ from chattune.data.dataset import (
     clip_long_messages,
     load_splits,
 )
+from chattune.data.encode import EncodeSettings, encode_all, read_facts
 from chattune.data.formats import Conversation, DataError
-from chattune.data.named_templates import use_template
-from chattune.data.templates import (
-    IGNORE_INDEX,
-    TemplateError,
-    encode_conversation,
-    special_texts,
-    stop_token_ids,
-)
+from chattune.data.named_templates import TemplateChoice, apply_template, choose_template
+from chattune.data.templates import TemplateError, special_texts
+
+if TYPE_CHECKING:
+    from chattune.config import DataConfig
 
 SHOWN_PER_KIND = 10  # findings printed per kind; all are counted
 ROW_KINDS = {"bad row", "empty answer", "roles not alternating", "unknown role", "undecodable line", "ragged row",
@@ -95,36 +93,61 @@ class CheckedData:
     train: list[Conversation]
     eval: list[Conversation]
     lengths: dict[str, int] = field(default_factory=dict)  # source -> tokens before truncation
+    encoded: Any = None  # encode.encode_all's table: one row per distinct conversation
+    rows: dict[int, int] = field(default_factory=dict)  # id(conversation) -> its row in `encoded`
+    facts: dict[str, list] = field(default_factory=dict)  # encode.read_facts(encoded)
 
 
-def lint_data(data_cfg, tokenizer, seed: int) -> CheckedData:
-    """Apply data.template, load every source collecting row errors, then check each example.
-
-    File-level problems (missing, empty, a broken JSON array) raise DataError at once.
-    """
-    report = LintReport(on_error=getattr(data_cfg, "on_error", "raise"))
+def template_step(report: LintReport, tokenizer, spec: str) -> TemplateChoice | None:
+    """choose_template, recording an unusable data.template as an error (None then)."""
     try:
-        report.template = use_template(tokenizer, data_cfg.template)
+        return choose_template(tokenizer, spec)
     except TemplateError as err:
         report.error("data.template", str(err).removeprefix("data.template: "), "template missing")
+        return None
+
+
+def lint_data(data_cfg: DataConfig, tokenizer, seed: int) -> CheckedData:
+    """Choose and apply data.template, then check_data: prepare()'s steps before counting, for callers that only lint."""
+    report = LintReport(on_error=getattr(data_cfg, "on_error", "raise"))
+    choice = template_step(report, tokenizer, data_cfg.template)
+    if choice is None:
         return CheckedData(report, [], [])
+    apply_template(tokenizer, choice)
+    report.template = choice.description
+    return check_data(data_cfg, tokenizer, seed, report, set(choice.stop_ids))
+
+
+def check_data(data_cfg: DataConfig, tokenizer, seed: int, report: LintReport, stops: set[int], work=None,
+               num_proc: int | None = None) -> CheckedData:
+    """Load every source collecting row errors, encode each distinct example once, then check it.
+
+    File-level problems (missing, empty, a broken JSON array) raise DataError at once.
+    The tokenizer must already carry the chosen template; `work` keeps the encoded table on disk.
+    """
     row_errors: list[DataError] = []
     train, eval_ = load_splits(data_cfg, seed, row_errors)
     for err in row_errors:
         report.row_problem(err.where, str(err).removeprefix(f"{err.where}: "), _row_error_kind(str(err)))
     warn_clipped(report, clip_long_messages(train + eval_, clip_length(tokenizer, data_cfg.max_length)),
                  data_cfg.max_length)
-    stops = stop_token_ids(tokenizer)
-    specials = special_texts(tokenizer)
+    unique = list({id(c): c for c in train + eval_}.values())  # weighted copies once
+    settings = EncodeSettings(tuple(sorted(stops)), data_cfg.mask, data_cfg.max_length, data_cfg.truncation,
+                              tuple(special_texts(tokenizer)))
+    encoded = encode_all(unique, tokenizer, settings, work, num_proc)
+    facts = read_facts(encoded)
+    names = ", ".join(repr(tokenizer.convert_ids_to_tokens(i)) for i in sorted(stops)) or "none"
     lengths = {}
-    for conv in {id(c): c for c in train + eval_}.values():  # weighted copies once
-        lengths[conv.source] = check_example(report, tokenizer, conv, data_cfg, stops)
-        check_special_text(report, conv, specials)
-    check_duplicates(report, train)
+    for row, conv in enumerate(unique):
+        lengths[conv.source] = check_example(report, conv, facts, row, data_cfg, names)
+        if facts["special_at"][row] >= 0:
+            warn_special_text(report, conv, facts["special_at"][row], facts["specials"][row])
+    rows = {id(c): row for row, c in enumerate(unique)}
+    check_duplicates(report, train, [facts["dup"][rows[id(c)]] for c in train])
     if report.skipped:
         left_out = {f.where for f in report.skipped}
         train, eval_ = ([c for c in part if c.source not in left_out] for part in (train, eval_))
-    return CheckedData(report, train, eval_, {k: v for k, v in lengths.items() if v})
+    return CheckedData(report, train, eval_, {k: v for k, v in lengths.items() if v}, encoded, rows, facts)
 
 
 def warn_clipped(report: LintReport, clipped, max_length: int) -> None:
@@ -136,17 +159,13 @@ def warn_clipped(report: LintReport, clipped, max_length: int) -> None:
                     "tokenizing (the example is then cut or dropped as usual)", "very long")
 
 
-def check_special_text(report: LintReport, conv: Conversation, specials: list[str]) -> None:
+def warn_special_text(report: LintReport, conv: Conversation, index: int, found: list[str]) -> None:
     """Text like '<|im_end|>' in a message becomes the control token itself when tokenized."""
     fields = conv.meta.get("fields") or []
-    for i, message in enumerate(conv.messages):
-        found = sorted(s for s in specials if s in message["content"])
-        if found:
-            spot = f"{conv.source}:{fields[i]}" if i < len(fields) else conv.source
-            report.warn(spot, f"contains special-token text {', '.join(map(repr, found))}, which is tokenized as "
-                        "the control token itself (an end-of-turn token inside an answer teaches the model to "
-                        "stop there); remove or rewrite it", "special-token text")
-            return
+    spot = f"{conv.source}:{fields[index]}" if index < len(fields) else conv.source
+    report.warn(spot, f"contains special-token text {', '.join(map(repr, found))}, which is tokenized as "
+                "the control token itself (an end-of-turn token inside an answer teaches the model to "
+                "stop there); remove or rewrite it", "special-token text")
 
 
 def _row_error_kind(message: str) -> str:
@@ -159,51 +178,46 @@ def _row_error_kind(message: str) -> str:
     return "bad row"
 
 
-def check_example(report: LintReport, tokenizer, conv: Conversation, data_cfg, stops: set[int]) -> int:
-    """Check one conversation; return its token count before truncation (0 if unusable)."""
-    try:
-        encoded = encode_conversation(tokenizer, conv.messages, stops, data_cfg.mask)
-    except TemplateError as err:
-        if "produced no tokens" in str(err):  # the answer merged into a prompt token
-            report.row_problem(conv.source, f"no trainable token: {err}", "no trainable token")
+def check_example(report: LintReport, conv: Conversation, facts: dict[str, list], row: int, data_cfg: DataConfig,
+                  stop_names: str) -> int:
+    """Check one encoded conversation (its `row` of the facts); return its token count before truncation (0 if unusable)."""
+    if error := facts["error"][row]:
+        if "produced no tokens" in error:  # the answer merged into a prompt token
+            report.row_problem(conv.source, f"no trainable token: {error}", "no trainable token")
         else:
-            report.error(conv.source, f"template: {err}", "template unusable")
+            report.error(conv.source, f"template: {error}", "template unusable")
         return 0
-    if encoded.trained_tokens == 0:
+    if facts["trained"][row] == 0:
         report.row_problem(conv.source, "no trainable token after templating", "no trainable token")
         return 0
-    answers = [i for i, m in enumerate(conv.messages) if m["role"] == "assistant"]
-    trained_turns = range(len(answers)) if data_cfg.mask != "last" else [len(answers) - 1]
-    fields = conv.meta.get("fields") or []
-    for turn in trained_turns:
-        end = encoded.turn_ends[turn]
-        if encoded.input_ids[end - 1] in stops and encoded.labels[end - 1] != IGNORE_INDEX:
-            continue
-        spot = f"{conv.source}:{fields[answers[turn]]}" if fields else conv.source
-        names = ", ".join(repr(tokenizer.convert_ids_to_tokens(i)) for i in sorted(stops)) or "none"
-        report.error(
-            spot, f"end-of-turn token not trained: the answer does not end on a stop token ({names}); "
-            "the model would never learn to stop. Pick a template (data.template) that matches "
-            "the tokenizer", "end-of-turn not trained",
-        )
-    if len(encoded.input_ids) > data_cfg.max_length and not conv.meta.get("clipped"):
+    if facts["bad_turns"][row]:
+        answers = [i for i, m in enumerate(conv.messages) if m["role"] == "assistant"]
+        fields = conv.meta.get("fields") or []
+        for turn in facts["bad_turns"][row]:
+            spot = f"{conv.source}:{fields[answers[turn]]}" if fields else conv.source
+            report.error(
+                spot, f"end-of-turn token not trained: the answer does not end on a stop token ({stop_names}); "
+                "the model would never learn to stop. Pick a template (data.template) that matches "
+                "the tokenizer", "end-of-turn not trained",
+            )
+    length = facts["length"][row]
+    if length > data_cfg.max_length and not conv.meta.get("clipped"):
         action = "dropped" if data_cfg.truncation == "drop" else "cut, or dropped if its prompt alone is longer"
-        report.warn(conv.source, f"very long: {len(encoded.input_ids)} tokens > data.max_length="
+        report.warn(conv.source, f"very long: {length} tokens > data.max_length="
                     f"{data_cfg.max_length} (will be {action})", "very long")
-    return len(encoded.input_ids)
+    return length
 
 
-def check_duplicates(report: LintReport, convs: list[Conversation]) -> None:
-    """Identical conversations from rows (weighted copies of one row are not duplicates)."""
+def check_duplicates(report: LintReport, convs: list[Conversation], keys: list[str]) -> None:
+    """Identical conversations from rows (weighted copies of one row are not duplicates); keys from encode.py."""
     first_seen: dict[str, str] = {}
-    for conv in convs:
-        key = json.dumps(conv.messages, ensure_ascii=False, sort_keys=True)
+    for conv, key in zip(convs, keys, strict=True):
         seen = first_seen.setdefault(key, conv.source)
         if seen != conv.source:
             report.warn(conv.source, f"duplicate of {seen}", "duplicate")
 
 
-def add_skipped(stats: dict[str, dict], report: LintReport, data_cfg) -> None:
+def add_skipped(stats: dict[str, dict], report: LintReport, data_cfg: DataConfig) -> None:
     """Count skipped rows (data.on_error=skip) in data_stats: per split, with reasons and the first rows."""
     eval_file = f"{data_cfg.eval_path}:" if data_cfg.eval_path else None
     for split in ("train", "eval"):
@@ -214,7 +228,7 @@ def add_skipped(stats: dict[str, dict], report: LintReport, data_cfg) -> None:
                          skipped_rows=[str(f) for f in mine[:SKIPPED_KEPT]])
 
 
-def nothing_to_train(train_stats: dict | None, data_cfg) -> DataError:
+def nothing_to_train(train_stats: dict | None, data_cfg: DataConfig) -> DataError:
     """Why no training example is left, and what to change."""
     stats = train_stats or {}
     if stats.get("dropped"):

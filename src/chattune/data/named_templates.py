@@ -94,34 +94,57 @@ NAMED_TEMPLATES: dict[str, NamedTemplate] = {
 }
 
 
-def use_template(tokenizer, spec: str = "auto") -> str:
-    """Set the chat template named by `data.template` on `tokenizer`; return a description.
+@dataclass(frozen=True)
+class TemplateChoice:
+    """What `data.template` resolves to for one tokenizer, before anything is set on it."""
+
+    jinja: str  # the chat template to render with
+    eos_token: str | None  # a new EOS (a named template's one-token end of turn), or None to keep the tokenizer's
+    stop_ids: frozenset[int]  # the ids that end an assistant turn once the template is applied
+    description: str
+
+
+def choose_template(tokenizer, spec: str = "auto") -> TemplateChoice:
+    """Resolve `data.template` for `tokenizer` without changing it; TemplateError if unusable.
 
     "auto" keeps the tokenizer's own (an error if it has none). A named template whose
     end-of-turn text is one token of this tokenizer makes that token the EOS, as the
     models it mirrors do, so training and generation stop on it.
     """
+    keep = frozenset() if tokenizer.eos_token_id is None else frozenset({tokenizer.eos_token_id})
     if spec == "auto":
         if not getattr(tokenizer, "chat_template", None):
             raise TemplateError(
                 "data.template: the tokenizer has no chat template; set data.template to one of "
                 f"{', '.join(NAMED_TEMPLATES)} or a .jinja file"
             )
-        return "the tokenizer's own chat template"
+        return TemplateChoice(tokenizer.chat_template, None, keep, "the tokenizer's own chat template")
     if spec in NAMED_TEMPLATES:
         named = NAMED_TEMPLATES[spec]
-        tokenizer.chat_template = named.jinja
-        if named.end_of_turn and _single_token_id(tokenizer, named.end_of_turn) is not None:
-            tokenizer.eos_token = named.end_of_turn
-        return f"named template {spec!r} ({named.note})"
+        end_id = _single_token_id(tokenizer, named.end_of_turn) if named.end_of_turn else None
+        eos, stops = (named.end_of_turn, frozenset({end_id})) if end_id is not None else (None, keep)
+        return TemplateChoice(named.jinja, eos, stops, f"named template {spec!r} ({named.note})")
     path = Path(spec)
     if path.suffix != ".jinja" or not path.is_file():
         raise TemplateError(
             f"data.template: {spec!r} is not 'auto', a named template ({', '.join(NAMED_TEMPLATES)}) "
             "or an existing .jinja file"
         )
-    tokenizer.chat_template = path.read_text(encoding="utf-8")
-    return f"jinja file {path}"
+    return TemplateChoice(path.read_text(encoding="utf-8"), None, keep, f"jinja file {path}")
+
+
+def apply_template(tokenizer, choice: TemplateChoice) -> None:
+    """Set the chosen chat template (and EOS, when the choice changes it) on `tokenizer`."""
+    tokenizer.chat_template = choice.jinja
+    if choice.eos_token is not None:
+        tokenizer.eos_token = choice.eos_token
+
+
+def use_template(tokenizer, spec: str = "auto") -> str:
+    """choose_template, then apply_template; return the description."""
+    choice = choose_template(tokenizer, spec)
+    apply_template(tokenizer, choice)
+    return choice.description
 
 
 def _single_token_id(tokenizer, text: str) -> int | None:

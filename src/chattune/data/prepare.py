@@ -1,62 +1,169 @@
-"""Turn a run's data settings into tokenized train/eval examples, with counts: the train stage's data step.
+"""`prepare(data_cfg, tokenizer, seed) -> Prepared`: the one way from data settings to training examples.
 
-Reads and lints the data (refusing to train on errors, before any model loads), tokenizes both
-splits with a progress bar, and reports what was kept, truncated, dropped and skipped. Not here:
-the formats and templates themselves (formats.py, templates.py) or batching (collate.py).
+Steps, in order: choose data.template and apply it to the tokenizer (the one change made
+to it), load and split the rows, encode each distinct conversation once (encode.py, over
+processes), lint the encoded examples (lint.py), leave out bad rows, truncate or drop, and
+count (DataStats, written as data_stats.json). The result is cached by a key of everything
+that decides it (cache.py), so a second run on the same data and tokenizer skips all of it.
+Train, `data inspect` and lint use it; `prepare_data` is the train stage's step (print the
+findings, refuse errors). Not here: formats, templates (formats.py, templates.py), batching.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections import Counter
 from dataclasses import dataclass, field
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from chattune.config import RunConfig
-from chattune.data.dataset import tokenize_conversations
-from chattune.data.lint import add_skipped, lint_data, nothing_to_train
-from chattune.data.templates import stop_token_ids
+from chattune.config import DataConfig, RunConfig
+from chattune.data import cache
+from chattune.data.builtin_general import REPLAY_SOURCE
+from chattune.data.dataset import EXAMPLES_KEPT, DataStats
+from chattune.data.encode import Examples
+from chattune.data.formats import Conversation
+from chattune.data.lint import (
+    CheckedData,
+    Finding,
+    LintReport,
+    add_skipped,
+    check_data,
+    nothing_to_train,
+    template_step,
+)
+from chattune.data.named_templates import apply_template
 
 
 @dataclass
-class PreparedData:
-    train: list[dict]
-    eval: list[dict]
-    stats: dict
-    eval_conversations: list = field(default_factory=list)  # untokenized, for generation metrics
+class Prepared:
+    train: Examples  # {input_ids, labels} per example, in order (a list of dicts to its readers)
+    eval: Examples
+    stats: dict  # split -> DataStats fields (and skipped rows): data_stats.json
+    report: LintReport  # every error, warning and skipped row, and the template used
+    eval_conversations: list[Conversation] = field(default_factory=list)  # untokenized, for generation metrics
+    origins: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> source file -> rows
+    lengths: list[int] = field(default_factory=list)  # train: tokens before truncation of each usable example
+    usable: dict[str, int] = field(default_factory=dict)  # split -> examples counted (before drops)
+    key: str = ""  # the cache key ("" when not cached)
+    from_cache: bool = False
 
 
-def prepare_data(cfg: RunConfig, tokenizer, console: Console) -> PreparedData:
-    """Apply data.template, lint (refuse to train on errors), then tokenize both splits."""
-    checked = lint_data(cfg.data, tokenizer, cfg.seed)
-    for line in checked.report.summary_lines():  # counts per kind; all of them: chattune data inspect
-        console.print(line, highlight=False)
-    checked.report.raise_if_errors()
-    train_convs, eval_convs = checked.train, checked.eval
-    stops = stop_token_ids(tokenizer)
-    stats = {}
-    parts = {}
-    with _progress(console) as progress:
-        for split, items in (("train", train_convs), ("eval", eval_convs)):
-            if not items:
-                continue
-            task = progress.add_task(f"tokenize {split}", total=len(items))
-            parts[split], split_stats = tokenize_conversations(
-                tokenizer, items, cfg.data.max_length, cfg.data.truncation, stops,
-                progress=lambda task=task: progress.advance(task), mask=cfg.data.mask,
-            )
-            stats[split] = split_stats.to_dict()
-    add_skipped(stats, checked.report, cfg.data)
-    if not parts.get("train"):
-        raise nothing_to_train(stats.get("train"), cfg.data)
-    return PreparedData(parts["train"], parts.get("eval", []), stats, eval_convs)
+def prepare(data_cfg: DataConfig, tokenizer, seed: int, *, cache_mode: bool | None = None, num_proc: int | None = None) -> Prepared:
+    """Template, load, encode once, lint, split, truncate, count; cached (see cache.py).
+
+    Lint findings never raise here (Prepared.report holds them); file-level problems (a
+    missing or empty file, a broken JSON array) raise DataError. `cache_mode`: None caches
+    data files of at least cache.MIN_BYTES, True always, False never. `num_proc`: encoding
+    processes (None: one per core for large sets).
+    """
+    report = LintReport(on_error=getattr(data_cfg, "on_error", "raise"))
+    choice = template_step(report, tokenizer, data_cfg.template)  # step 1: choose
+    if choice is None:
+        return Prepared(Examples(), Examples(), {}, report)
+    apply_template(tokenizer, choice)  # step 2: set it on the tokenizer, here and nowhere else
+    report.template = choice.description
+    found = cache.cache_key(data_cfg, tokenizer, seed, choice.stop_ids) if cache_mode is not False else None
+    key = found[0] if found and (cache_mode or found[1] >= cache.MIN_BYTES) else None
+    if key and (entry := cache.load_entry(key)) is not None:
+        return from_entry(*entry, key=key, from_cache=True)
+    with contextlib.ExitStack() as stack:
+        work = _work_folder(stack, key)
+        checked = check_data(data_cfg, tokenizer, seed, report, set(choice.stop_ids), work, num_proc)
+        meta = summarize(checked, data_cfg)
+        if work is None or report.errors:  # errors are fixed before training again: nothing worth keeping
+            return from_entry(meta, checked.encoded)
+        cache.commit(work, key, meta, checked.encoded)
+    entry = cache.load_entry(key)  # read back from where it now lives
+    return from_entry(*entry, key=key) if entry else from_entry(meta, checked.encoded)
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, transient=False,
+def _work_folder(stack: contextlib.ExitStack, key: str | None):
+    """The cache entry's temporary folder, or None (no key, or the cache folder is not writable)."""
+    if key is None:
+        return None
+    try:
+        return stack.enter_context(cache.staging(key))
+    except OSError:
+        return None
+
+
+def summarize(checked: CheckedData, data_cfg: DataConfig) -> dict:
+    """Per split: the rows kept, their DataStats, rows per source; the report; the eval conversations."""
+    report, facts = checked.report, checked.facts
+    bad = {part for f in report.errors for part in (f.where, f.where.rsplit(":", 1)[0])}
+    meta: dict = {"stats": {}, "rows": {}, "origins": {}, "usable": {}, "lengths": []}
+    for split, convs in (("train", checked.train), ("eval", checked.eval)):
+        usable = [c for c in convs if c.source not in bad]
+        rows = [checked.rows[id(c)] for c in usable]
+        meta["origins"][split] = dict(Counter(c.meta.get("origin", "?") for c in convs))
+        meta["usable"][split] = len(rows)
+        if split == "train":
+            meta["lengths"] = [facts["length"][r] for r in rows if facts["length"][r]]
+        if rows:
+            replay = {checked.rows[id(c)] for c in usable if c.meta.get("origin") == REPLAY_SOURCE}
+            meta["rows"][split], stats = split_stats(rows, facts, replay)
+            meta["stats"][split] = stats.to_dict()
+    add_skipped(meta["stats"], report, data_cfg)
+    meta["report"] = {"template": report.template, "on_error": report.on_error,
+                      **{kind: [[f.where, f.message, f.kind] for f in getattr(report, kind)]
+                         for kind in ("errors", "warnings", "skipped")}}
+    meta["eval_conversations"] = [{"messages": c.messages, "source": c.source, "meta": c.meta} for c in checked.eval]
+    return meta
+
+
+def split_stats(rows: list[int], facts: dict[str, list], replay: set[int]) -> tuple[list[int], DataStats]:
+    """The rows kept after truncation and drops, and their counts (what tokenize_conversations counted)."""
+    stats, drops, kept = DataStats(), Counter(), []
+    for row in rows:
+        stats.turns_without_stop += facts["no_stop"][row]
+        if reason := facts["drop_reason"][row]:
+            drops[reason] += 1
+            _remember(stats.dropped_sources, facts["source"][row])
+            continue
+        if facts["truncated"][row]:
+            stats.truncated += 1
+            _remember(stats.truncated_sources, facts["source"][row])
+        kept.append(row)
+        stats.replay += row in replay
+        stats.tokens += facts["kept_length"][row]
+        stats.trained_tokens += facts["kept_trained"][row]
+        stats.max_tokens = max(stats.max_tokens, facts["kept_length"][row])
+    stats.examples = len(kept)
+    stats.dropped = sum(drops.values())
+    stats.drop_reasons = dict(drops)
+    return kept, stats
+
+
+def _remember(sources: list[str], source: str) -> None:
+    if len(sources) < EXAMPLES_KEPT:
+        sources.append(source)
+
+
+def from_entry(meta: dict, table, key: str = "", from_cache: bool = False) -> Prepared:
+    """A Prepared from summarize()'s meta and the encoded table (fresh, or a cache entry's)."""
+    saved = meta["report"]
+    report = LintReport(template=saved["template"], on_error=saved["on_error"],
+                        **{kind: [Finding(*f) for f in saved[kind]] for kind in ("errors", "warnings", "skipped")})
+    rows = meta["rows"]
+    return Prepared(
+        Examples(table, rows.get("train", [])), Examples(table, rows.get("eval", [])), meta["stats"], report,
+        [Conversation(c["messages"], c["source"], c["meta"]) for c in meta["eval_conversations"]],
+        meta["origins"], meta["lengths"], meta["usable"], key, from_cache,
     )
+
+
+def prepare_data(cfg: RunConfig, tokenizer, console: Console) -> Prepared:
+    """The train stage's data step: prepare(), print the findings, refuse errors and an empty train split."""
+    data = prepare(cfg.data, tokenizer, cfg.seed)
+    for line in data.report.summary_lines():  # counts per kind; all of them: chattune data inspect
+        console.print(line, highlight=False)
+    data.report.raise_if_errors()
+    if not data.train:
+        raise nothing_to_train(data.stats.get("train"), cfg.data)
+    if data.from_cache:
+        console.print(f"[dim]data: {len(data.train)} examples from the cache ({cache.cache_root() / data.key})[/]")
+    return data
 
 
 def report_data(stats: dict, console: Console) -> None:
@@ -71,3 +178,4 @@ def report_data(stats: dict, console: Console) -> None:
         )
         if s["turns_without_stop"]:
             console.print(f"[yellow]warning[/]: {s['turns_without_stop']} assistant turns have no end-of-turn token")
+

@@ -93,6 +93,7 @@ def _json_array_rows(path: Path, text: str) -> list[tuple[int, Any]]:
     decoder = json.JSONDecoder()
     pos = text.index("[") + 1
     rows = []
+    line, counted = 1, 0  # newlines are counted once, as pos moves on (a count from 0 each row is quadratic)
     while True:
         pos = _skip_space(text, pos)
         if pos < len(text) and text[pos] == "]":
@@ -101,7 +102,8 @@ def _json_array_rows(path: Path, text: str) -> list[tuple[int, Any]]:
             row, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as err:
             raise DataError(f"{path}:{err.lineno}", f"invalid JSON ({err.msg} at column {err.colno}); {_ARRAY_FIX}") from None
-        rows.append((text.count("\n", 0, pos) + 1, row))
+        line, counted = line + text.count("\n", counted, pos), pos
+        rows.append((line, row))
         pos = _skip_space(text, end)
         if pos < len(text) and text[pos] == ",":
             pos += 1

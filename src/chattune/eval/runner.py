@@ -18,11 +18,9 @@ from chattune import rundir
 from chattune.data.formats import DataError, RowSpec, row_to_messages
 from chattune.data.templates import with_system
 from chattune.infer.predict import load_prompt_rows
+from chattune.io import save_dir_atomic
 from chattune.metrics import GENERATION_METRICS, Score, default_labels, score_generation
-
-EVAL_DIR = "eval"
-PREDICTIONS = "predictions.jsonl"
-EVAL_SUMMARY = "summary.json"
+from chattune.rundir import EVAL_DIR, EVAL_SUMMARY, PREDICTIONS
 
 
 @dataclass
@@ -144,7 +142,7 @@ def write_eval(out_dir: Path, summary: dict, records: list[dict]) -> None:
         (tmp / PREDICTIONS).write_text(lines, encoding="utf-8")
         (tmp / EVAL_SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
-    rundir.save_dir_atomic(out_dir, write)
+    save_dir_atomic(out_dir, write)
 
 
 def run_eval(target: str, data: str | Path, metrics: list[str], labels: list[str] | None = None,

@@ -15,6 +15,7 @@ from pathlib import Path
 from chattune import rundir
 from chattune.data.templates import stop_token_ids
 from chattune.export import fidelity
+from chattune.io import save_dir_atomic, write_json_atomic
 
 HELD_OUT_LIMIT = 8  # prompts used by the gate
 REPORT = "export_report.json"
@@ -39,29 +40,13 @@ def is_quantized_run(cfg) -> bool:
 
 
 def load_run(run_path: str | Path) -> LoadedRun:
+    """Base + adapter in fp32 on the CPU; a QLoRA run's base quantized as in training, then dequantized."""
     import torch
 
-    from chattune.adapter_base import check_adapter_base
-    from chattune.model.adapters import load_trained_adapter
-    from chattune.model.load import load_base_model, open_tokenizer
-    from chattune.models import resolve_model
-
-    run = rundir.open_run_dir(run_path)
-    cfg = run.config()
-    check_adapter_base(run.adapter, resolve_model(cfg.model.name, cfg.model.revision))
-    tokenizer = open_tokenizer(str(run.tokenizer), trust_remote_code=cfg.model.trust_remote_code)
-    base = load_base_model(cfg.model, dtype=torch.float32, device="cpu")  # QLoRA: quantized as in training
-    if is_quantized_run(cfg):
-        from chattune.model.quant import dequantize
-
-        # fp32 copies of the exact weights the 4/8-bit layers computed with: base + adapter on them is the
-        # trained model (bitsandbytes' 4-bit matmul is x @ dequantize(W)), and the merge adds the delta in
-        # fp32 (peft's merge into a 4-bit layer would re-quantize the sum)
-        base = dequantize(base)
-    model = load_trained_adapter(base, run.adapter)
-    model.eval()
-    stops = stop_token_ids(tokenizer, getattr(base, "generation_config", None))
-    return LoadedRun(run, cfg, tokenizer, model, stops)
+    loaded = rundir.load_for_inference(run_path, device="cpu", dtype=torch.float32, dequantized=True)
+    base = loaded.model.get_base_model()
+    stops = stop_token_ids(loaded.tokenizer, getattr(base, "generation_config", None))
+    return LoadedRun(loaded.run, loaded.cfg, loaded.tokenizer, loaded.model, stops)
 
 
 def held_out_conversations(cfg, console=None) -> tuple[list[list[dict]], str]:
@@ -121,6 +106,6 @@ def write_hf_folder(loaded: LoadedRun, out_dir: Path, report: dict) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / rundir.TEMPLATE).write_text(tokenizer.chat_template or "", encoding="utf-8")
-        rundir.write_json_atomic(tmp / REPORT, report)
+        write_json_atomic(tmp / REPORT, report)
 
-    rundir.save_dir_atomic(out_dir, write)
+    save_dir_atomic(out_dir, write)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from rich.console import Console
 
-from chattune import rundir
 from chattune.export import fidelity
 from chattune.export.merge import (
     REPORT,
@@ -24,6 +23,7 @@ from chattune.export.merge import (
     training_tokenizer,
     write_hf_folder,
 )
+from chattune.io import save_dir_atomic, write_json_atomic
 
 # Default max |logit diff| per artefact: fp32 merges differ only by float rounding; f16
 # weights round every weight to 11 significant bits.
@@ -103,9 +103,9 @@ def _export_gguf(loaded, check: Check, out: Path, dtype: str, tolerance: float, 
         _print(console, f"gguf {dtype}", report)
         _gate(report, force)
         forced = force and not (merged.passed and report.passed)
-        rundir.write_json_atomic(tmp / REPORT, {"merged": merged.to_dict(), "gguf": report.to_dict(), "forced": forced})
+        write_json_atomic(tmp / REPORT, {"merged": merged.to_dict(), "gguf": report.to_dict(), "forced": forced})
 
-    rundir.save_dir_atomic(out, write)
+    save_dir_atomic(out, write)
     console.print(f"[green]wrote[/] {out / name}")
     return reports[0]
 

@@ -41,25 +41,18 @@ class ChatModel:
 
     @classmethod
     def load(cls, target: str, device: str = "cpu") -> ChatModel:
-        """`target` is a run dir, or anything models.resolve_model accepts."""
-        from chattune.adapter_base import check_adapter_base
-        from chattune.model.load import load_base_model, load_tokenizer, open_tokenizer
-        from chattune.models import resolve_model
+        """`target` is a run dir (rundir.load_for_inference), or anything models.resolve_model accepts."""
+        from chattune.model.load import load_base_model, load_tokenizer
 
         if rundir.is_run_dir(target):
-            run = rundir.open_run_dir(target)
-            cfg = run.config()
-            check_adapter_base(run.adapter, resolve_model(cfg.model.name, cfg.model.revision))
-            tokenizer = open_tokenizer(str(run.tokenizer), trust_remote_code=cfg.model.trust_remote_code)
-            base = load_base_model(cfg.model, device=device)
-            model = _with_adapter(base, run.adapter)
-            system = cfg.data.system
+            loaded = rundir.load_for_inference(target, device=device)
+            model, tokenizer, system = loaded.model, loaded.tokenizer, loaded.cfg.data.system
         else:
             model_cfg = ModelConfig(name=target)
             tokenizer = load_tokenizer(model_cfg)
             model = load_base_model(model_cfg, device=device)
             system = None
-        model.eval()
+            model.eval()
         stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
         return cls(model, tokenizer, system, stops)
 
@@ -115,12 +108,6 @@ class ChatModel:
         thread.start()
         yield from streamer
         thread.join()
-
-
-def _with_adapter(base, adapter_path):
-    from chattune.model.adapters import load_trained_adapter
-
-    return load_trained_adapter(base, adapter_path)
 
 
 def repl(chat: ChatModel, settings: GenerationSettings, read=input, write=print) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from chattune import rundir
 from chattune.data.formats import DataError, RowSpec, check_conversation, read_rows, row_to_messages
 from chattune.infer.chat import ChatModel, GenerationSettings
+from chattune.io import write_text_atomic
 from chattune.model import generate as batched
 
 PREDICT_BATCH_SIZE = 64  # fastest measured for 64 prompts on CPU (bench/README.md); cli.py repeats it, importing nothing
@@ -55,14 +56,6 @@ def load_prompt_rows(path: str | Path, spec: RowSpec | None = None) -> list[Prom
     return out
 
 
-def generate_batch(chat: ChatModel, conversations: list[list[dict]], settings: GenerationSettings) -> list[str]:
-    """Replies for several conversations at once (left padding, KV cache)."""
-    return [g.text for g in batched.generate_batch(
-        chat.model, chat.tokenizer, conversations, chat.stop_ids, settings.max_new_tokens, chat.system,
-        settings.kwargs(),
-    )]
-
-
 def predict_all(chat: ChatModel, conversations: list[list[dict]], settings: GenerationSettings,
                 batch_size: int = PREDICT_BATCH_SIZE, advance=None) -> list[str]:
     """Replies in input order; batches are formed shortest-prompt-first to limit padding."""
@@ -75,7 +68,7 @@ def predict_all(chat: ChatModel, conversations: list[list[dict]], settings: Gene
 
 def write_predictions(path: str | Path, rows: list[PromptRow], predictions: list[str]) -> None:
     lines = [json.dumps({**r.row, "prediction": p}, ensure_ascii=False) + "\n" for r, p in zip(rows, predictions, strict=True)]
-    rundir.write_text_atomic(Path(path), "".join(lines))
+    write_text_atomic(Path(path), "".join(lines))
     Path(path).chmod(0o644)  # the temp file behind the atomic write is created 0600
 
 

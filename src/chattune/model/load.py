@@ -7,11 +7,15 @@ because labels come from the template's assistant spans, never from pad ids.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chattune.models import ModelSourceError, check_weights, resolve_model
 
+if TYPE_CHECKING:
+    from chattune.config import ModelConfig
 
-def load_tokenizer(model_cfg):
+
+def load_tokenizer(model_cfg: ModelConfig):
     """The tokenizer of `model.tokenizer` if set (seed 003 borrows one), else of the model."""
     borrowed = Path(model_cfg.tokenizer).expanduser() if model_cfg.tokenizer else None
     if borrowed and any((borrowed / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
@@ -37,7 +41,7 @@ def open_tokenizer(source: str, revision: str | None = None, trust_remote_code: 
     return tokenizer
 
 
-def load_base_model(model_cfg, dtype=None, device: str = "cpu", compute_dtype=None):
+def load_base_model(model_cfg: ModelConfig, dtype=None, device: str = "cpu", compute_dtype=None):
     """The base model in `dtype` (fp32 by default); with model.quantize, its linear layers in
     4/8-bit (bitsandbytes) computing in `compute_dtype` (default `dtype`)."""
     import torch
@@ -110,7 +114,7 @@ def slow_precision_warning(precision: str, device: str) -> str | None:
             "(a bf16 training step ran ~100x slower than fp32 on an AVX2-only CPU); train.precision=auto picks fp32")
 
 
-def model_skeleton(model_cfg):
+def model_skeleton(model_cfg: ModelConfig):
     """The model's module tree on the meta device, read from its config without loading weights."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM

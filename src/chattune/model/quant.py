@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from chattune.config import ConfigError
+from chattune.config import ConfigError, ModelConfig
 
 
 def is_quantized(model) -> bool:
@@ -32,7 +32,7 @@ def compute_dtype(precision: str):
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
-def bnb_config(model_cfg, dtype):
+def bnb_config(model_cfg: ModelConfig, dtype):
     """transformers' BitsAndBytesConfig for model.quantize / quant_type / double_quant."""
     from transformers import BitsAndBytesConfig
 

@@ -13,12 +13,12 @@ import re
 from html import escape
 from pathlib import Path
 
-from chattune import rundir
+from chattune.io import write_text_atomic
 from chattune.metrics import normalize
 from chattune.report.plots import run_curves_png
 from chattune.report.runinfo import RunInfo, read_run
+from chattune.rundir import REPORT
 
-REPORT = "report.html"
 SAMPLE_ROWS = 30
 
 STYLE = """
@@ -175,5 +175,5 @@ def render_report(info: RunInfo) -> str:
 def write_report(run_path: str | Path, out: str | Path | None = None) -> Path:
     info = read_run(run_path)
     target = Path(out) if out else Path(run_path) / REPORT
-    rundir.write_text_atomic(target, render_report(info))
+    write_text_atomic(target, render_report(info))
     return target

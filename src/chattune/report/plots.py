@@ -78,7 +78,7 @@ def compare_png(runs: dict[str, list[dict]]) -> bytes:
 
 
 def write_png(data: bytes, out: Path) -> None:
-    """Temp file + rename, like rundir's writers (they write text)."""
+    """Temp file + rename, like chattune.io's writers (they write text)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_bytes(data)

@@ -1,25 +1,16 @@
 """Read what a run dir holds for reports: config, summary, data stats, metrics, saved evals.
 
-Missing optional files read as empty; only config.yaml is required.
+Missing optional files read as empty; only config.yaml is required. The reading itself is
+rundir.RunDir's; this module gathers it into one RunInfo and picks what a report headlines.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from chattune import rundir
-from chattune.eval.runner import EVAL_DIR, EVAL_SUMMARY, PREDICTIONS
-
-
-@dataclass
-class SavedEval:
-    path: Path
-    summary: dict
-    predictions: list[dict] = field(default_factory=list)
+from chattune.rundir import SavedEval
 
 
 @dataclass
@@ -46,38 +37,17 @@ class RunInfo:
         return "-"
 
 
-def _json(path: Path, default):
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else default
-
-
-def _jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def saved_evals(run_path: Path) -> list[SavedEval]:
-    """Every RUN_DIR/eval/*/summary.json, oldest first."""
-    found = []
-    for folder in sorted((run_path / EVAL_DIR).glob("*/")):
-        summary = _json(folder / EVAL_SUMMARY, None)
-        if summary is not None:
-            found.append(SavedEval(folder, summary, _jsonl(folder / PREDICTIONS)))
-    return sorted(found, key=lambda e: e.summary.get("created", ""))
-
-
 def read_run(path: str | Path) -> RunInfo:
-    run_path = Path(path)
-    config_file = run_path / rundir.CONFIG
-    if not config_file.is_file():
-        raise rundir.RunDirError(f"{run_path}: not a run dir (no {rundir.CONFIG})")
+    run = rundir.RunDir(Path(path))
+    if not (run.path / rundir.CONFIG).is_file():
+        raise rundir.RunDirError(f"{run.path}: not a run dir (no {rundir.CONFIG})")
     return RunInfo(
-        path=run_path,
-        config=yaml.safe_load(config_file.read_text(encoding="utf-8")) or {},
-        summary=_json(run_path / rundir.SUMMARY, {}),
-        data_stats=_json(run_path / rundir.DATA_STATS, {}),
-        records=_jsonl(run_path / rundir.METRICS),
-        evals=saved_evals(run_path),
+        path=run.path,
+        config=run.config_dict(),
+        summary=run.summary(),
+        data_stats=run.data_stats(),
+        records=run.metrics(),
+        evals=run.evals(),
     )
 
 

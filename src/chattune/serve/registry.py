@@ -1,7 +1,7 @@
 """The models a server offers: one loaded base model per distinct base, one name per target.
 
 Run dirs over the same base share one model in memory: the first adapter loads with
-`ChatModel.load` (a PeftModel), the others join it with `load_adapter`, and `activate`
+`ChatModel.load` (a PeftModel), the others join it (`rundir.join_for_inference`), and `activate`
 switches between them (`set_adapter`, or `disable_adapter` for the plain base) under a lock.
 A request's `model` field is only ever looked up among these names; it never opens a path.
 """
@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chattune import rundir
-from chattune.adapter_base import check_adapter_base, check_adapter_shapes
+from chattune.adapter_base import check_adapter_base
 from chattune.infer.chat import ChatModel
-from chattune.model.adapters import check_adapter_intact, quiet_adalora_rank_pattern
 from chattune.models import resolve_model
 
 
@@ -137,16 +136,12 @@ def _load_run(t: Target, group: ModelGroup | None, device: str) -> tuple[ChatMod
     if group is None:
         chat = ChatModel.load(t.spec, device=device)
         return chat, chat.model.active_adapter
+    from chattune.data.templates import stop_token_ids
+
     adapter = f"adapter{len(group.adapters)}"
-    check_adapter_shapes(t.run.adapter, group.model, t.base_key[0])
-    check_adapter_intact(t.run.adapter)
-    with quiet_adalora_rank_pattern():
-        group.model.load_adapter(str(t.run.adapter), adapter_name=adapter)
-    group.model.eval()
-    cfg = t.run.config()
-    chat = _chat_on(group.model, str(t.run.tokenizer), trust_remote_code=cfg.model.trust_remote_code)
-    chat.system = cfg.data.system
-    return chat, adapter
+    loaded = rundir.join_for_inference(t.run.path, group.model, adapter, t.base_key[0])
+    stops = stop_token_ids(loaded.tokenizer, getattr(loaded.model, "generation_config", None))
+    return ChatModel(loaded.model, loaded.tokenizer, loaded.cfg.data.system, stops), adapter
 
 
 def _chat_on(model, tokenizer_source: str, trust_remote_code: bool = False) -> ChatModel:

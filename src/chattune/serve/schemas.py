@@ -202,9 +202,10 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
 
 
-def sse_schema(ref_prefix: str = "#/components/schemas/") -> dict:
+def sse_schema() -> dict:
     """OpenAPI schema of one server-sent event: a chunk, an error, or the final `[DONE]`."""
-    payload = {"anyOf": [{"$ref": ref_prefix + "ChatCompletionChunk"}, {"$ref": ref_prefix + "ErrorResponse"}]}
+    refs = "#/components/schemas/"
+    payload = {"anyOf": [{"$ref": refs + "ChatCompletionChunk"}, {"$ref": refs + "ErrorResponse"}]}
     return {"type": "object", "required": ["data"], "properties": {"data": {"anyOf": [
         {"const": "[DONE]"},
         {"type": "string", "pattern": "^\\{", "contentMediaType": "application/json", "contentSchema": payload},

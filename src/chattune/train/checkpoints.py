@@ -3,7 +3,7 @@
 A checkpoint is RUN_DIR/checkpoints/checkpoint-STEP holding what transformers' Trainer
 saves (adapter weights, optimizer, scheduler, RNG states, trainer_state.json) plus
 chattune's own state (chattune_state.json, written last). It is written into
-checkpoints/.tmp-checkpoint-STEP/ and renamed into place only when every file is on disk,
+checkpoints/.tmp-checkpoint-staging/ (the Trainer's output_dir) and renamed into place only when every file is on disk,
 so a crash or `kill -9` at any moment leaves either the whole checkpoint or none of it, and a
 full disk ends in one DiskFull error naming the checkpoint, its staging folder removed.
 This module does not decide *when* to save (the Trainer's save_steps and the signal
@@ -12,16 +12,19 @@ callback do) nor how a resume is planned (train/resume.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 from pathlib import Path
 
-from chattune.faults import fault_point
-from chattune.model.adapters import quiet_pruned_ranks
-from chattune.rundir import checksum_problems, located_disk_full, write_checksums
+from transformers import TrainerCallback
 
-CHECKPOINTS = "checkpoints"
+from chattune.faults import fault_point
+from chattune.io import DiskFull, checksum_problems, is_disk_full, write_checksums
+from chattune.model.adapters import quiet_pruned_ranks
+from chattune.train.distributed import barrier, is_main
+
 PREFIX = "checkpoint-"
 STAGING = ".tmp-checkpoint-"
 RETIRED = ".old-checkpoint-"
@@ -131,61 +134,75 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-class AtomicCheckpoints:
-    """Mixin for transformers.Trainer: every checkpoint is staged, then renamed; then rotation.
+STAGING_ROOT = f"{STAGING}staging"  # the Trainer's output_dir: it writes checkpoint-STEP in here, chattune commits
 
-    Set `progress` (`.before_save(trainer)` on every rank, `.write(folder, step)` on the main
-    one; see train/resume.py) and `keep_checkpoints` on the trainer. Only the main process
-    renames and rotates; all ranks write their own files (RNG state per rank) into the same
-    staging folder.
+
+def staging_root(checkpoints: Path) -> Path:
+    """Where the Trainer writes each checkpoint before AtomicCheckpoints renames it into `checkpoints`."""
+    return Path(checkpoints) / STAGING_ROOT
+
+
+class AtomicCheckpoints(TrainerCallback):
+    """Every checkpoint the Trainer saves is staged, then committed by rename, then rotated.
+
+    The Trainer's output_dir is `staging_root(RUN_DIR/checkpoints)`: it writes checkpoint-STEP there
+    (every rank its own files, RNG state per rank). Before that save (on_step_end, when a save is
+    due; this callback comes last, so every other callback has had its say) every rank runs
+    `progress.before_save()` (collective work, e.g. summing token counts) and the main process
+    makes an empty staging folder; after it (on_save) the main process writes `progress.write(folder,
+    step)` (train/resume.py), commits and rotates, keeping `keep` complete checkpoints. A full disk
+    while committing ends in DiskFull naming the checkpoint; the staging folder is removed.
     """
 
-    progress = None
-    keep_checkpoints = 2
-    _staging_root: Path | None = None
+    def __init__(self, checkpoints: Path, progress=None, keep: int = 2):
+        self.root, self.progress, self.keep = Path(checkpoints), progress, keep
+        self.staging = staging_root(self.root)
+        self.saving: Path | None = None  # the checkpoint being written, between on_step_end and on_save
+        self._quiet = contextlib.ExitStack()
 
-    def _get_output_dir(self, trial) -> str:
-        if self._staging_root is not None:
-            return str(self._staging_root)
-        return super()._get_output_dir(trial)
-
-    def _save_checkpoint(self, model, trial) -> None:
-        """Stage, commit and rotate; a full disk ends in DiskFull naming the checkpoint, its staging removed."""
-        root = Path(self.args.output_dir)
-        staging = root / f"{STAGING}{self.state.global_step}"
-        try:
-            with located_disk_full(root / f"{PREFIX}{self.state.global_step}"):
-                self._stage_and_commit(model, trial, root, staging)
-        except BaseException:
-            if self.args.should_save:
-                shutil.rmtree(staging, ignore_errors=True)  # the newest complete checkpoint stays the last one
-            raise
-        self.accelerator.wait_for_everyone()
-
-    def _stage_and_commit(self, model, trial, root: Path, staging: Path) -> None:
-        name = f"{PREFIX}{self.state.global_step}"
-        main = self.args.should_save
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if not control.should_save:
+            return
+        self.saving = self.root / f"{PREFIX}{state.global_step}"
         if self.progress is not None:
-            self.progress.before_save(self)  # every rank: collective work (e.g. summing counters)
-        if main:
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
+            self.progress.before_save()
+        if args.should_save:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging.mkdir(parents=True)
             fault_point("checkpoint:staging-made")
-        self.accelerator.wait_for_everyone()
-        self._staging_root = staging
+        self._quiet.enter_context(quiet_pruned_ranks(model))  # AdaLoRA ranks pruned to 0: not unsharded tensors
+        barrier()
+
+    def on_save(self, args, state, control, **kwargs):
+        self._quiet.close()
+        barrier()
+        if args.should_save:
+            self._commit(self.staging / self.saving.name, state.global_step)
+        barrier()
+        self.saving = None
+
+    @contextlib.contextmanager
+    def located_failures(self):
+        """Around trainer.train(): a failure removes the staging folder (the newest complete checkpoint stays
+        the last one); a full disk while a checkpoint is written ends in DiskFull naming that checkpoint."""
         try:
-            with quiet_pruned_ranks(model):  # AdaLoRA ranks pruned to 0 are not unsharded tensors
-                super()._save_checkpoint(model, trial)  # writes staging/checkpoint-STEP
-        finally:
-            self._staging_root = None
-        self.accelerator.wait_for_everyone()
-        if main:
-            fault_point("checkpoint:trainer-files")
-            if self.progress is not None:
-                self.progress.write(staging / name, self.state.global_step)
-            fault_point("checkpoint:chattune-state")
-            commit(staging / name, root / name)
-            shutil.rmtree(staging, ignore_errors=True)
-            fault_point("checkpoint:staging-removed")
-            rotate(root, self.keep_checkpoints)
-            fault_point("checkpoint:rotated")
+            yield
+        except BaseException as err:
+            self._quiet.close()
+            saving, self.saving = self.saving, None
+            if is_main():
+                shutil.rmtree(self.staging, ignore_errors=True)
+            if saving is not None and not isinstance(err, DiskFull) and is_disk_full(err, saving):
+                raise DiskFull(saving) from err
+            raise
+
+    def _commit(self, staged: Path, step: int) -> None:
+        fault_point("checkpoint:trainer-files")
+        if self.progress is not None:
+            self.progress.write(staged, step)
+        fault_point("checkpoint:chattune-state")
+        commit(staged, self.root / staged.name)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        fault_point("checkpoint:staging-removed")
+        rotate(self.root, self.keep)
+        fault_point("checkpoint:rotated")

@@ -15,6 +15,10 @@ This module picks numbers; it trains nothing.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chattune.config import ModelConfig, RunConfig
 
 SMALL_MODEL = (135e6, 2e-3)  # (parameters, learning rate): measured
 LARGE_MODEL = (7e9, 2e-4)  # literature value, not measured here
@@ -28,14 +32,14 @@ def auto_learning_rate(parameters: int) -> float:
     return float(f"{min(max(lr, large_lr), small_lr):.2g}")
 
 
-def base_parameter_count(model_cfg) -> int:
+def base_parameter_count(model_cfg: ModelConfig) -> int:
     """Parameters of the base model, counted on its meta-device skeleton (no weights are read)."""
     from chattune.model.load import model_skeleton
 
     return sum(p.numel() for p in model_skeleton(model_cfg).parameters())
 
 
-def learning_rate(cfg) -> tuple[float, str]:
+def learning_rate(cfg: RunConfig) -> tuple[float, str]:
     """(the learning rate this run trains with, where it came from) for the run's log and summary."""
     if cfg.train.lr != "auto":
         return float(cfg.train.lr), "train.lr"

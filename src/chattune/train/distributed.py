@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from chattune.config import ConfigError
+from chattune.config import ConfigError, RunConfig, TrainConfig
 
 PRESETS = "configs/distributed/"  # where the FSDP and DeepSpeed presets live (docs/distributed.md)
 
@@ -63,7 +63,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shared_run_dir(prepare, cfg) -> Path:
+def shared_run_dir(prepare, cfg: RunConfig) -> Path:
     """Rank 0 runs `prepare(cfg)` (creates the run dir, resolves its timestamped name); every
     rank receives the same path, or rank 0's error, so all processes stop together."""
     if world_size() <= 1:
@@ -91,14 +91,16 @@ def rank_console(console):
     return Console(stderr=True, quiet=True)
 
 
-def sum_over_ranks(trainer, values: list[int]) -> list[int]:
+def sum_over_ranks(values: list[int]) -> list[int]:
     """Element-wise sum of `values` over all processes (every rank must call it at the same point)."""
-    if trainer.accelerator.num_processes <= 1:
+    if world_size() <= 1:
         return list(values)
     import torch
+    from accelerate import PartialState
+    from accelerate.utils import reduce
 
-    tensor = torch.tensor(values, dtype=torch.int64, device=trainer.accelerator.device)
-    return [int(v) for v in trainer.accelerator.reduce(tensor, reduction="sum").tolist()]
+    tensor = torch.tensor(values, dtype=torch.int64, device=PartialState().device)
+    return [int(v) for v in reduce(tensor, reduction="sum").tolist()]
 
 
 def token_average_scale(trainer, num_items_in_batch) -> int:
@@ -142,7 +144,7 @@ def state_digest(state: dict) -> str:
     return digest.hexdigest()
 
 
-def rank_adapter_digests(model, train_cfg) -> list[str]:
+def rank_adapter_digests(model, train_cfg: TrainConfig) -> list[str]:
     """Every rank's digest of its own trained adapter, gathered on all ranks (data parallel keeps
     them identical; a difference means the processes diverged). Empty for one process or when
     FSDP / ZeRO-3 hold only a slice of the weights per rank."""
@@ -184,7 +186,7 @@ def read_preset(path: str, key: str) -> dict:
     return data
 
 
-def engine_args(train_cfg) -> dict:
+def engine_args(train_cfg: TrainConfig) -> dict:
     """TrainingArguments keys for train.fsdp / train.deepspeed (transformers' fsdp, fsdp_config, deepspeed)."""
     if train_cfg.fsdp:
         return {"fsdp": True, "fsdp_config": read_preset(train_cfg.fsdp, "train.fsdp")}
@@ -197,7 +199,7 @@ def engine_args(train_cfg) -> dict:
     return {}
 
 
-def shards_weights(train_cfg) -> bool:
+def shards_weights(train_cfg: TrainConfig) -> bool:
     """FSDP and ZeRO-3 keep only a slice of each weight per rank; DDP and ZeRO-2 keep whole weights."""
     if train_cfg.fsdp:
         return True
@@ -207,7 +209,7 @@ def shards_weights(train_cfg) -> bool:
     return False
 
 
-def check_engine(cfg, wants_eval_loop: bool, device: str, launching: bool = False) -> None:
+def check_engine(cfg: RunConfig, wants_eval_loop: bool, device: str, launching: bool = False) -> None:
     """Before any model loads: preset files readable, DeepSpeed installed, no unsupported mix.
 
     accelerate runs FSDP and DeepSpeed only on GPUs (other accelerators too) and only in processes
@@ -225,7 +227,8 @@ def check_engine(cfg, wants_eval_loop: bool, device: str, launching: bool = Fals
     if wants_eval_loop and shards_weights(cfg.train):
         raise ConfigError(
             "train.eval_every / train.patience / train.metric keep and restore the best adapter, which needs "
-            "whole weights on every rank; with FSDP or ZeRO-3 use train.eval_steps (the Trainer's eval loss)"
+            "whole weights on every rank; with FSDP or ZeRO-3 leave them unset (with held-out data the Trainer "
+            "still reports the eval loss at each epoch's end)"
         )
 
 

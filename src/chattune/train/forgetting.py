@@ -34,6 +34,10 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chattune.config import RunConfig
 
 KL_WARN = 0.15  # nats per answer token: justified above
 TRAIN_LESS = "train less (a lower train.lr or fewer train.epochs)"
@@ -108,7 +112,7 @@ def forgetting_report(model, tokenizer, threshold: float = KL_WARN) -> dict:
     }
 
 
-def guard_run(cfg, model, tokenizer, console) -> dict | None:
+def guard_run(cfg: RunConfig, model, tokenizer, console) -> dict | None:
     """Score the trained run (rank 0) and print one line, plus a warning above KL_WARN; None when off."""
     if not cfg.train.forgetting:
         return None

@@ -93,7 +93,8 @@ class StopOnSignal(TrainerCallback):
         """After trainer.train(): raise if it stopped on a signal (a signal after the last step is ignored)."""
         if self.stopped_at is None:
             return
-        from chattune.train.checkpoints import CHECKPOINTS, latest_checkpoint
+        from chattune.rundir import CHECKPOINTS
+        from chattune.train.checkpoints import latest_checkpoint
 
         raise TrainingInterrupted(self.signum, self.stopped_at, run_dir, latest_checkpoint(run_dir / CHECKPOINTS))
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 
 from transformers import TrainerCallback
 
-from chattune.config import ConfigError
+from chattune.config import ConfigError, LoraConfig, RunConfig, TrainConfig
 from chattune.model.quant import require_bitsandbytes
 
 TORCH_OPTIMIZERS = {"adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop"}
 
 
-def total_optimizer_steps(train_cfg, n_examples: int, world_size: int | None = None) -> int:
+def total_optimizer_steps(train_cfg: TrainConfig, n_examples: int, world_size: int | None = None) -> int:
     """Optimizer steps of a run, counted the way transformers' Trainer counts them."""
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     batches = math.ceil(n_examples / (train_cfg.batch_size * world))
@@ -29,7 +29,7 @@ def total_optimizer_steps(train_cfg, n_examples: int, world_size: int | None = N
     return train_cfg.max_steps if train_cfg.max_steps > 0 else math.ceil(train_cfg.epochs * per_epoch)
 
 
-def preflight(cfg, device: str, n_examples: int, console=None) -> int | None:
+def preflight(cfg: RunConfig, device: str, n_examples: int, console=None) -> int | None:
     """Refuse what cannot run before weights load; returns AdaLoRA's total steps (else None)."""
     if cfg.model.quantize != "none":
         require_bitsandbytes(f"model.quantize={cfg.model.quantize}")
@@ -52,7 +52,7 @@ def preflight(cfg, device: str, n_examples: int, console=None) -> int | None:
     return steps
 
 
-def check_adalora_schedule(lora_cfg, steps: int) -> None:
+def check_adalora_schedule(lora_cfg: LoraConfig, steps: int) -> None:
     if lora_cfg.adalora_tinit >= steps - lora_cfg.adalora_tfinal:
         raise ConfigError(
             f"lora.adalora_tinit={lora_cfg.adalora_tinit} + lora.adalora_tfinal={lora_cfg.adalora_tfinal} leave no "
@@ -102,7 +102,7 @@ class AdaLoraBudget(TrainerCallback):
         model.base_model.update_and_allocate(state.global_step)  # global_step: steps done before this one
 
 
-def method_callbacks(lora_cfg) -> list:
+def method_callbacks(lora_cfg: LoraConfig) -> list:
     return [AdaLoraBudget()] if lora_cfg.method == "adalora" else []
 
 

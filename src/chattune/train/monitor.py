@@ -10,19 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chattune import rundir
-from chattune.config import ConfigError
+from chattune.config import ConfigError, RunConfig
+from chattune.io import save_dir_atomic
+from chattune.rundir import LAST_ADAPTER
 from chattune.train.distributed import is_main
 
-LAST_ADAPTER = "last_adapter"
 
-
-def wants_eval_loop(cfg) -> bool:
+def wants_eval_loop(cfg: RunConfig) -> bool:
     t = cfg.train
     return bool(t.eval_every or t.patience or t.metric != "loss")
 
 
-def check_monitoring(cfg, has_eval: bool) -> None:
+def check_monitoring(cfg: RunConfig, has_eval: bool) -> None:
     """Refuse, before any model loads, what cannot run."""
     from chattune.train.tracking import check_available, tracker_names
 
@@ -43,7 +42,7 @@ class Monitoring:
     callbacks: list = field(default_factory=list)
     eval_loop: object | None = None
 
-    def start(self, cfg) -> None:
+    def start(self, cfg: RunConfig) -> None:
         for tracker in self.trackers:
             tracker.start(cfg.model_dump(mode="json"))
 
@@ -66,7 +65,7 @@ class Monitoring:
         summary = loop.summary()
         if loop.tracker.best_step != final_step:
             if is_main():
-                rundir.save_dir_atomic(run_path / LAST_ADAPTER, adapter_writer(model))
+                save_dir_atomic(run_path / LAST_ADAPTER, adapter_writer(model))
             restore_adapter(model, loop.best_state)
             summary["adapter"] = f"best (step {loop.tracker.best_step}); final weights in {LAST_ADAPTER}/"
         else:
@@ -74,7 +73,7 @@ class Monitoring:
         return summary
 
 
-def build_monitoring(cfg, run_path: Path, tokenizer, eval_conversations, metrics_logger) -> Monitoring:
+def build_monitoring(cfg: RunConfig, run_path: Path, tokenizer, eval_conversations, metrics_logger) -> Monitoring:
     from chattune.data.templates import stop_token_ids
     from chattune.metrics import default_labels
     from chattune.train.evaluate import EvalLoop, eval_samples

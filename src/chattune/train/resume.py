@@ -18,8 +18,9 @@ from pathlib import Path
 
 from chattune import rundir
 from chattune.config import ConfigError, RunConfig
+from chattune.io import checksum_problems, clean_temporaries, write_json_atomic, write_text_atomic
+from chattune.rundir import BEST_ADAPTER, CHECKPOINTS, INIT_ADAPTER, LAST_ADAPTER
 from chattune.train.checkpoints import (
-    CHECKPOINTS,
     REQUIRED,
     STATE,
     checkpoint_step,
@@ -31,7 +32,6 @@ from chattune.train.checkpoints import (
 )
 from chattune.train.distributed import is_main
 
-BEST_ADAPTER = "eval_best_adapter.safetensors"
 # Keys that may differ between the run dir and the config given to --resume: they change
 # where files go, how long training runs (the lr schedule follows the new length from the
 # resumed step on), how often it saves/logs, or which tracker sees it, never the math so far.
@@ -116,7 +116,7 @@ def _locate(cfg: RunConfig, value: str) -> tuple[Path, Path | None]:
             missing = [n for n in REQUIRED if not (path / n).is_file()]
             raise ResumeError(f"--resume {value}: not a complete chattune checkpoint "
                               f"(expected RUN_DIR/{CHECKPOINTS}/checkpoint-STEP; missing: {', '.join(missing) or '-'})")
-        if problems := rundir.checksum_problems(path):
+        if problems := checksum_problems(path):
             raise ResumeError(f"--resume {value}: the checkpoint is damaged: {'; '.join(problems)}")
         run_dir, checkpoint = path.parent.parent, path
     elif path.is_dir():
@@ -185,7 +185,7 @@ def trim_metrics(path: Path, step: int) -> list[dict]:
             if isinstance(record, dict) and record.get("step", 0) <= step:
                 records.append(record)
     if is_main():
-        rundir.write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return records
 
 
@@ -206,12 +206,12 @@ class CheckpointState:
     def seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
 
-    def before_save(self, trainer) -> None:
+    def before_save(self) -> None:
         """On every rank before a checkpoint: fold token counts not yet summed into the totals."""
         if hasattr(self.counter, "sync"):
             from chattune.train import distributed
 
-            self.counter.sync(lambda values: distributed.sum_over_ranks(trainer, values))
+            self.counter.sync(distributed.sum_over_ranks)
 
     def write(self, folder: Path, step: int) -> None:
         state = {
@@ -228,7 +228,7 @@ class CheckpointState:
                 from safetensors.torch import save_file
 
                 save_file(loop.best_state, str(folder / BEST_ADAPTER))
-        rundir.write_json_atomic(folder / STATE, state)  # last: marks chattune's part as complete
+        write_json_atomic(folder / STATE, state)  # last: marks chattune's part as complete
 
     def restore(self, state: dict, folder: Path) -> None:
         self.counter.tokens = state.get("tokens", 0)
@@ -251,10 +251,7 @@ def restore_run(plan: ResumePlan, progress: CheckpointState, metrics_logger) -> 
     """Cut metrics.jsonl back to the checkpoint, drop newer checkpoints and leftovers, restore counters."""
     metrics_logger.records = trim_metrics(plan.run_dir / rundir.METRICS, plan.step)
     if is_main():
-        from chattune.model.adapters import INIT_ADAPTER
-        from chattune.train.monitor import LAST_ADAPTER
-
-        rundir.clean_temporaries(plan.run_dir, (LAST_ADAPTER, INIT_ADAPTER))  # writes cut by a kill or full disk
+        clean_temporaries(plan.run_dir, (*rundir.TEMPORARY_OF, LAST_ADAPTER, INIT_ADAPTER))  # writes cut by a kill or full disk
         clean_staging(plan.run_dir / CHECKPOINTS)
         drop_after(plan.run_dir / CHECKPOINTS, plan.step)
         rotate(plan.run_dir / CHECKPOINTS, plan.cfg.train.keep_checkpoints)  # killed after a commit, before rotation

@@ -12,10 +12,13 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chattune.config import RunConfig
 
 SWANLOG = "swanlog"
 TENSORBOARD = "tensorboard"
-KNOWN = ("none", "swanlab", "tensorboard")
 TEXT_ROWS = 20  # prediction rows sent to SwanLab per evaluation
 
 # metrics.jsonl key -> tracker key
@@ -56,7 +59,17 @@ def swanlab_mode(requested: str) -> str:
 
 
 class SwanLabTracker:
-    """Logs the resolved config, each metrics record and prediction tables to SwanLab."""
+    """Logs the resolved config, each metrics record and prediction tables to SwanLab.
+
+    Kept instead of swanlab.integration.transformers.SwanLabCallback (swanlab 0.10.3, read in
+    its source): that callback logs the Trainer's own `logs` only (learning_rate as
+    train/learning_rate, no token counts), while this tracker logs chattune's metrics.jsonl
+    records: train/lr, train/tokens_per_s and train/trained_tokens from train/callbacks.py,
+    eval/<metric> and the prediction tables from in-training eval, which reach no Trainer log;
+    and `chattune eval` logs through it with no Trainer at all. Checked by
+    tests/test_tracking.py::test_training_with_swanlab_logs_expected_keys and
+    ::test_eval_of_a_swanlab_run_adds_its_predictions_table.
+    """
 
     def __init__(self, run_path: Path, project: str, mode: str, name: str):
         self.log_dir = run_path / SWANLOG
@@ -108,7 +121,7 @@ def tensorboard_callback(run_path: Path):
     return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_path / TENSORBOARD)))
 
 
-def build_trackers(cfg, run_path: Path) -> tuple[list[SwanLabTracker], list]:
+def build_trackers(cfg: RunConfig, run_path: Path) -> tuple[list[SwanLabTracker], list]:
     """(record-level trackers, extra Trainer callbacks) for cfg.train.tracking."""
     names = tracker_names(cfg.train.tracking)
     check_available(names)

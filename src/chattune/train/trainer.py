@@ -1,14 +1,17 @@
-"""Run a training job top to bottom: setup -> data -> model -> train -> save the run dir.
+"""Run a training job as a recipe: setup_data -> setup_model -> build_trainer -> fit -> save the run dir.
 
-Data is read and checked before any model weights load, so bad input fails in seconds.
-Uses transformers' Trainer; chattune adds only token counting and the run dir.
+Data is read and checked before any model weights load, so bad input fails in seconds. The
+Trainer is transformers' (train/counting_trainer.py adds token counting and the loss path),
+checkpoints are committed by a callback (train/checkpoints.py); this module only wires them.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -16,7 +19,16 @@ from chattune import rundir
 from chattune.config import RunConfig
 from chattune.data.prepare import prepare_data, report_data
 from chattune.faults import fault_point
-from chattune.model.adapters import INIT_ADAPTER, adapter_writer, attach_lora, count_parameters
+from chattune.io import (
+    DiskFull,
+    clean_temporaries,
+    drop_cut_line,
+    located_disk_full,
+    save_dir_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+from chattune.model.adapters import adapter_writer, attach_lora
 from chattune.model.load import (
     load_base_model,
     load_tokenizer,
@@ -31,26 +43,14 @@ from chattune.train.forgetting import guard_run
 from chattune.train.methods import method_callbacks, preflight, total_optimizer_steps
 from chattune.train.speed import (
     base_weight_dtype,
-    batch_tokens,
     collator_for,
     lora_in_autocast_dtype,
     micro_batch_budget,
     without_training_autocast,
 )
-from chattune.train.token_budget import split_batch
 
-
-@dataclass
-class TokenCounter:
-    """Real and trained tokens: `tokens`/`trained_tokens` are sums over all processes as of the last sync."""
-
-    tokens: int = 0
-    trained_tokens: int = 0
-    local: list = field(default_factory=lambda: [0, 0])  # this process's counts since the last sync
-
-    def sync(self, reduce=list) -> None:
-        tokens, trained = reduce(self.local)
-        self.tokens, self.trained_tokens, self.local = self.tokens + tokens, self.trained_tokens + trained, [0, 0]
+if TYPE_CHECKING:
+    from chattune.train.counting_trainer import TokenCounter
 
 
 @dataclass
@@ -89,11 +89,13 @@ def prepare_run_dir(cfg: RunConfig, resuming: bool = False) -> Path:
 def build_training_args(cfg: RunConfig, run_path: Path, precision: str, device: str, has_eval: bool, lr: float):
     from transformers import TrainingArguments
 
+    from chattune.train.checkpoints import staging_root
+
     t = cfg.train
-    eval_steps = t.eval_every or t.eval_steps
+    eval_steps = t.eval_every
     eval_strategy = "no" if not has_eval else ("steps" if eval_steps else "epoch")
     return TrainingArguments(
-        output_dir=str(run_path / "checkpoints"),
+        output_dir=str(staging_root(run_path / rundir.CHECKPOINTS)),  # train/checkpoints.py commits each one by rename
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
@@ -124,62 +126,6 @@ def build_training_args(cfg: RunConfig, run_path: Path, precision: str, device: 
         ddp_backend=distributed.ddp_backend(device),
         **distributed.engine_args(t),  # train.fsdp / train.deepspeed presets
     )
-
-
-def make_trainer_class():
-    from transformers import Trainer
-
-    from chattune.train.checkpoints import AtomicCheckpoints
-
-    class CountingTrainer(AtomicCheckpoints, Trainer):
-        """Trainer that counts real and trained tokens for throughput logging."""
-
-        counter: TokenCounter
-
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            self.counter.local[0] += batch_tokens(inputs)
-            self.counter.local[1] += int((inputs["labels"] != -100).sum())
-            pieces = self.pieces(inputs, num_items_in_batch)
-            losses = []
-            for index, piece in enumerate(pieces):  # the gradients sync (several processes) on the last piece only
-                last = index == len(pieces) - 1
-                with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
-                    losses.append(super().training_step(model, piece, num_items_in_batch))
-            return sum(losses)
-
-        def pieces(self, inputs, num_items_in_batch) -> list[dict]:
-            """train.micro_batch_tokens: only where each piece's loss is divided by the whole step's token count."""
-            scaled = num_items_in_batch is not None and (self.skip_prompt_logits or self.model_accepts_loss_kwargs)
-            if not scaled or self.is_deepspeed_enabled:  # DeepSpeed counts backward calls as micro-steps
-                return [inputs]
-            return split_batch(inputs, self.micro_batch_tokens)
-
-        def log(self, logs, *args, **kwargs):
-            if "loss" in logs:  # every rank logs the same steps: token counts become sums over ranks
-                self.counter.sync(lambda values: distributed.sum_over_ranks(self, values))
-                if self.adalora_penalties:  # the logged loss is the cross-entropy; the penalty apart
-                    penalty = self.adalora_penalties.mean_per_step()
-                    logs["loss"], logs["adalora_penalty"] = round(logs["loss"] - penalty, 4), round(penalty, 4)
-            super().log(logs, *args, **kwargs)
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if self.adalora_penalties is not None:
-                from chattune.train.methods import adalora_loss
-
-                return adalora_loss(self, model, inputs, return_outputs, num_items_in_batch)
-            if not (self.skip_prompt_logits and model.training and not return_outputs):
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            from chattune.train.loss import masked_lm_loss
-
-            self.loss_is_scaled_for_ga = num_items_in_batch is not None  # sum / items of the whole step
-            # several processes: x ranks, as transformers' compute_loss does for token-averaged losses
-            return masked_lm_loss(model, inputs, num_items_in_batch) * distributed.token_average_scale(
-                self, num_items_in_batch)
-
-    CountingTrainer.skip_prompt_logits = False
-    CountingTrainer.micro_batch_tokens = 0
-    CountingTrainer.adalora_penalties = None
-    return CountingTrainer
 
 
 def train(cfg: RunConfig, console: Console | None = None, resume: str | None = None,
@@ -216,99 +162,60 @@ def located_disk_full_in_run(run_path: Path):
     """A full disk anywhere in a run: one DiskFull line naming what was being written and how to continue;
     temporaries and a metrics line cut mid-write are removed, so nothing half-written stays."""
     try:
-        with rundir.located_disk_full(run_path, resume=True):  # e.g. metrics.jsonl: the run dir is named
+        with located_disk_full(run_path, resume=True):  # e.g. metrics.jsonl: the run dir is named
             yield
-    except rundir.DiskFull:
+    except DiskFull:
         if distributed.is_main():
-            rundir.clean_temporaries(run_path)
-            rundir.drop_cut_line(run_path / rundir.METRICS)
+            clean_temporaries(run_path, rundir.TEMPORARY_OF)
+            drop_cut_line(run_path / rundir.METRICS)
         raise
 
 
 def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Console, extra_callbacks=()) -> TrainOutcome:
-    """Everything after the run dir exists: data, model, the Trainer, and the saved run."""
+    """The recipe, once the run dir exists: setup_data -> setup_model -> build_trainer -> fit -> save."""
     from transformers import set_seed
 
-    from chattune.train.callbacks import MetricsLogger, StopOnNonFinite
-    from chattune.train.interrupt import StopOnSignal
     from chattune.train.memory import release_freed_tensors
-    from chattune.train.monitor import build_monitoring, check_monitoring
-    from chattune.train.resume import CheckpointState, fit, logged_mean_loss, restore_run
 
     set_seed(cfg.seed)
     release_freed_tensors(cfg.train.mmap_threshold_kb)  # opt-in; before the weights load
-    tokenizer = load_tokenizer(cfg.model)
-    data = prepare_data(cfg, tokenizer, console)
-    report_data(data.stats, console)
-    if plan:
-        plan.check_data(data.stats)
-    check_monitoring(cfg, bool(data.eval))
-    precision = pick_precision(cfg.train.precision, device)
-    if warning := slow_precision_warning(precision, device):
-        console.print(f"[yellow]warning[/]: {warning}")
-    lr, lr_source = learning_rate(cfg)
-    console.print(f"[bold]learning rate[/] {lr:g} ({lr_source})")
+    tokenizer, data = setup_data(cfg, plan, console)
+    precision, lr = setup_optimization(cfg, device, console)
     args = build_training_args(cfg, run_path, precision, device, bool(data.eval), lr)  # before the model: ZeRO-3
     adalora_steps = preflight(cfg, device, len(data.train), console)  # optimizer, targets, AdaLoRA schedule
     model, trainable = setup_model(cfg, run_path, precision, device, adalora_steps, console)
     checkpoints = cfg.train.keep_checkpoints + 1 if cfg.train.save_every else 1  # +1 while rotating; 1: on Ctrl-C
     rundir.check_free_space(run_path, rundir.estimated_size(trainable, checkpoints))  # now, not at the first save
-    counter = TokenCounter()
-    metrics = MetricsLogger(run_path / rundir.METRICS, counter)
-    monitoring = build_monitoring(cfg, run_path, tokenizer, data.eval_conversations, metrics)
-    progress, stopper = CheckpointState(cfg, counter, data.stats, monitoring.eval_loop), StopOnSignal()
-    if plan:
-        restore_run(plan, progress, metrics)  # metrics.jsonl cut back to the checkpoint, counters restored
-        console.print(f"[bold]resuming[/] from {plan.checkpoint or 'step 0 (no checkpoint yet)'}")
-    callbacks = [StopOnNonFinite(precision, lr), metrics, *monitoring.callbacks, stopper,
-                 *method_callbacks(cfg.lora), *extra_callbacks]
-    trainer = build_trainer(cfg, model, args, data, collator_for(cfg.train, tokenizer, model), callbacks, device)
-    trainer.progress, trainer.counter = progress, counter
-    progress.start()
-    monitoring.start(cfg)
-    try:
-        with stopper.handling_signals():
-            result = fit(trainer, plan, total_optimizer_steps(cfg.train, len(data.train)))
-        stopper.raise_if_stopped(run_path)
-        counter.sync(lambda values: distributed.sum_over_ranks(trainer, values))
-        best = monitoring.keep_best(model, run_path, trainer.state.global_step)
-    except BaseException:
-        monitoring.close(failed=True)
-        raise
-    monitoring.close()
+    session = setup_session(cfg, run_path, tokenizer, data, plan, console)
+    callbacks = session.callbacks(precision, lr, cfg, extra_callbacks)
+    trainer = build_trainer(cfg, model, args, data, collator_for(cfg.train, tokenizer, model), callbacks, device,
+                            session.counter)
+    result, best = fit_run(trainer, model, session, plan, cfg, len(data.train), run_path)
     model = without_training_autocast(model, precision)  # handed back as a fresh load would run it
-    seconds = progress.seconds()  # a resumed run: wall time of every session
-    # a resumed run: the Trainer's training_loss covers only this session's steps; AdaLoRA: it includes the penalty
-    if (plan and plan.checkpoint) or cfg.lora.method == "adalora":
-        result = result._replace(training_loss=logged_mean_loss(metrics.records) or result.training_loss)
-    state_dict = distributed.full_state_dict(trainer)  # FSDP / DeepSpeed: every rank helps gather the weights
-    digests = distributed.rank_adapter_digests(model, cfg.train)  # several processes: one per rank, all equal
-    summary = {}
-    if distributed.is_main():  # the run dir is written once, by rank 0
-        summary = save_run(run_path, cfg, model, tokenizer, data.stats, metrics.records, result, seconds, counter,
-                           precision, state_dict=state_dict)
-        summary["lr"] = lr  # what train.lr (auto: by model size) resolved to
-        forgetting = guard_run(cfg, model, tokenizer, console)  # base vs fine-tuned on general rows; None when off
-        add_to_summary(run_path, summary, digests, best, console, forgetting)
-    distributed.barrier()  # every rank returns once the run dir is complete
-    console.print(f"[green]saved[/] {run_path}  ({seconds:.0f} s, mean loss {result.training_loss:.4f})")
-    return TrainOutcome(run_path, model, summary)
+    return save(run_path, cfg, trainer, model, tokenizer, data.stats, session, result, best, precision, lr, console)
 
 
-def build_trainer(cfg: RunConfig, model, args, data, collator, callbacks: list, device: str):
-    """transformers' Trainer with chattune's token counting, loss path, token budget and checkpoints."""
-    trainer = make_trainer_class()(
-        model=model, args=args, train_dataset=data.train, eval_dataset=data.eval or None,
-        data_collator=collator, callbacks=callbacks,
-    )
-    trainer.keep_checkpoints = cfg.train.keep_checkpoints
-    trainer.skip_prompt_logits = cfg.train.skip_prompt_logits
-    trainer.micro_batch_tokens = micro_batch_budget(cfg, device)
-    if cfg.lora.method == "adalora":
-        from chattune.train.methods import PenaltyLog
+def setup_data(cfg: RunConfig, plan, console: Console):
+    """The tokenizer and the prepared data, checked before any weights load; a resume refuses changed data."""
+    tokenizer = load_tokenizer(cfg.model)
+    data = prepare_data(cfg, tokenizer, console)
+    report_data(data.stats, console)
+    if plan:
+        plan.check_data(data.stats)
+    from chattune.train.monitor import check_monitoring
 
-        trainer.adalora_penalties = PenaltyLog()
-    return trainer
+    check_monitoring(cfg, bool(data.eval))
+    return tokenizer, data
+
+
+def setup_optimization(cfg: RunConfig, device: str, console: Console) -> tuple[str, float]:
+    """The precision train.precision resolves to on `device`, and the learning rate (train.lr auto: by size)."""
+    precision = pick_precision(cfg.train.precision, device)
+    if warning := slow_precision_warning(precision, device):
+        console.print(f"[yellow]warning[/]: {warning}")
+    lr, lr_source = learning_rate(cfg)
+    console.print(f"[bold]learning rate[/] {lr:g} ({lr_source})")
+    return precision, lr
 
 
 def setup_model(cfg: RunConfig, run_path: Path, precision: str, device: str, adalora_steps, console: Console):
@@ -316,9 +223,9 @@ def setup_model(cfg: RunConfig, run_path: Path, precision: str, device: str, ada
     base = load_base_model(cfg.model, dtype=base_weight_dtype(cfg.train, precision), device=device,
                            compute_dtype=compute_dtype(precision))
     base = prepare_for_training(base, cfg.train.gradient_checkpointing)  # model.quantize: peft's k-bit prep
-    init_dir = run_path / INIT_ADAPTER if distributed.is_main() else None  # PiSSA/OLoRA: converts saved adapters
+    init_dir = run_path / rundir.INIT_ADAPTER if distributed.is_main() else None  # PiSSA/OLoRA: converts saved adapters
     model = attach_lora(base, cfg.lora, total_steps=adalora_steps, init_dir=init_dir)
-    trainable, total = count_parameters(model)
+    trainable, total = model.get_nb_trainable_parameters()  # peft's count: 4-bit weights at their real size
     console.print(
         f"[bold]{cfg.lora.method}[/] r={cfg.lora.r} on {sorted(model.peft_config['default'].target_modules)}: "
         f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); "
@@ -326,6 +233,99 @@ def setup_model(cfg: RunConfig, run_path: Path, precision: str, device: str, ada
     )
     lora_in_autocast_dtype(model, precision)  # no fp32 copies of adapter inputs under bf16 autocast
     return model, trainable
+
+
+@dataclass
+class Session:
+    """What one training session keeps beside the Trainer: counts, the metrics log, monitoring, progress,
+    the signal handler and the checkpoint committer."""
+
+    counter: TokenCounter
+    metrics: object  # train.callbacks.MetricsLogger
+    monitoring: object  # train.monitor.Monitoring
+    progress: object  # train.resume.CheckpointState
+    stopper: object  # train.interrupt.StopOnSignal
+    checkpoints: object  # train.checkpoints.AtomicCheckpoints
+
+    def callbacks(self, precision: str, lr: float, cfg: RunConfig, extra=()) -> list:
+        """The Trainer's callbacks; the checkpoint committer last, once every other one has had its say."""
+        from chattune.train.callbacks import StopOnNonFinite
+
+        return [StopOnNonFinite(precision, lr), self.metrics, *self.monitoring.callbacks, self.stopper,
+                *method_callbacks(cfg.lora), *extra, self.checkpoints]
+
+
+def setup_session(cfg: RunConfig, run_path: Path, tokenizer, data, plan, console: Console) -> Session:
+    """Counters, metrics, monitoring and checkpoint state; a resume restores them from its checkpoint."""
+    from chattune.train.callbacks import MetricsLogger
+    from chattune.train.checkpoints import AtomicCheckpoints
+    from chattune.train.counting_trainer import TokenCounter
+    from chattune.train.interrupt import StopOnSignal
+    from chattune.train.monitor import build_monitoring
+    from chattune.train.resume import CheckpointState, restore_run
+
+    counter = TokenCounter()
+    metrics = MetricsLogger(run_path / rundir.METRICS, counter)
+    monitoring = build_monitoring(cfg, run_path, tokenizer, data.eval_conversations, metrics)
+    progress = CheckpointState(cfg, counter, data.stats, monitoring.eval_loop)
+    if plan:
+        restore_run(plan, progress, metrics)  # metrics.jsonl cut back to the checkpoint, counters restored
+        console.print(f"[bold]resuming[/] from {plan.checkpoint or 'step 0 (no checkpoint yet)'}")
+    checkpoints = AtomicCheckpoints(run_path / rundir.CHECKPOINTS, progress, cfg.train.keep_checkpoints)
+    return Session(counter, metrics, monitoring, progress, StopOnSignal(), checkpoints)
+
+
+def build_trainer(cfg: RunConfig, model, args, data, collator, callbacks: list, device: str, counter: TokenCounter):
+    """transformers' Trainer with chattune's token counting, loss path and token budget (train/counting_trainer.py)."""
+    from chattune.train.counting_trainer import CountingTrainer
+    from chattune.train.methods import PenaltyLog
+
+    return CountingTrainer(
+        model=model, args=args, train_dataset=data.train, eval_dataset=data.eval or None,
+        data_collator=collator, callbacks=callbacks, counter=counter,
+        skip_prompt_logits=cfg.train.skip_prompt_logits, micro_batch_tokens=micro_batch_budget(cfg, device),
+        adalora_penalties=PenaltyLog() if cfg.lora.method == "adalora" else None,
+    )
+
+
+def fit_run(trainer, model, session: Session, plan, cfg: RunConfig, train_rows: int, run_path: Path):
+    """Train (continuing the plan's checkpoint); (the Trainer's TrainOutput, the in-training eval's best)."""
+    from chattune.train.resume import fit, logged_mean_loss
+
+    session.progress.start()
+    session.monitoring.start(cfg)
+    try:
+        with session.stopper.handling_signals(), session.checkpoints.located_failures():
+            result = fit(trainer, plan, total_optimizer_steps(cfg.train, train_rows))
+        session.stopper.raise_if_stopped(run_path)
+        session.counter.sync(distributed.sum_over_ranks)
+        best = session.monitoring.keep_best(model, run_path, trainer.state.global_step)
+    except BaseException:
+        session.monitoring.close(failed=True)
+        raise
+    session.monitoring.close()
+    # a resumed run: the Trainer's training_loss covers only this session's steps; AdaLoRA: it includes the penalty
+    if (plan and plan.checkpoint) or cfg.lora.method == "adalora":
+        result = result._replace(training_loss=logged_mean_loss(session.metrics.records) or result.training_loss)
+    return result, best
+
+
+def save(run_path: Path, cfg: RunConfig, trainer, model, tokenizer, stats: dict, session: Session, result, best,
+         precision: str, lr: float, console: Console) -> TrainOutcome:
+    """Rank 0 writes the run dir (summary.json last); every rank returns once it is complete."""
+    seconds = session.progress.seconds()  # a resumed run: wall time of every session
+    state_dict = distributed.full_state_dict(trainer)  # FSDP / DeepSpeed: every rank helps gather the weights
+    digests = distributed.rank_adapter_digests(model, cfg.train)  # several processes: one per rank, all equal
+    summary = {}
+    if distributed.is_main():  # the run dir is written once, by rank 0
+        summary = save_run(run_path, cfg, model, tokenizer, stats, session.metrics.records, result, seconds,
+                           session.counter, precision, state_dict=state_dict)
+        summary["lr"] = lr  # what train.lr (auto: by model size) resolved to
+        forgetting = guard_run(cfg, model, tokenizer, console)  # base vs fine-tuned on general rows; None when off
+        add_to_summary(run_path, summary, digests, best, console, forgetting)
+    distributed.barrier()  # every rank returns once the run dir is complete
+    console.print(f"[green]saved[/] {run_path}  ({seconds:.0f} s, mean loss {result.training_loss:.4f})")
+    return TrainOutcome(run_path, model, summary)
 
 
 def add_to_summary(run_path: Path, summary: dict, digests, best: dict, console: Console, forgetting=None) -> None:
@@ -341,7 +341,7 @@ def add_to_summary(run_path: Path, summary: dict, digests, best: dict, console: 
         console.print(f"[bold]best {best['metric']}[/] {best['best']:.4f} at step {best['best_step']}: {best['adapter']}")
     if forgetting is not None:
         summary["forgetting"] = forgetting
-    rundir.write_json_atomic(run_path / rundir.SUMMARY, summary)
+    write_json_atomic(run_path / rundir.SUMMARY, summary)
     fault_point("final:summary")
 
 
@@ -351,20 +351,23 @@ def save_run(run_path, cfg, model, tokenizer, stats, records, result, seconds, c
     faults.FINAL_PHASES name the points in between (tests/test_kill_sweep.py kills the run at each)."""
     from chattune.train.plots import plot_loss
 
-    rundir.save_dir_atomic(run_path / rundir.ADAPTER, lambda out: adapter_writer(model)(out, state_dict=state_dict))
+    save_dir_atomic(run_path / rundir.ADAPTER, lambda out: adapter_writer(model)(out, state_dict=state_dict))
     fault_point("final:adapter")
-    rundir.save_dir_atomic(run_path / rundir.TOKENIZER, tokenizer.save_pretrained)
+    save_dir_atomic(run_path / rundir.TOKENIZER, tokenizer.save_pretrained)
     fault_point("final:tokenizer")
-    rundir.write_text_atomic(run_path / rundir.TEMPLATE, tokenizer.chat_template or "")
+    write_text_atomic(run_path / rundir.TEMPLATE, tokenizer.chat_template or "")
     fault_point("final:template")
-    rundir.write_text_atomic(run_path / rundir.CONFIG, cfg.to_yaml())
+    write_text_atomic(run_path / rundir.CONFIG, cfg.to_yaml())
     fault_point("final:config")
-    rundir.write_json_atomic(run_path / rundir.DATA_STATS, stats)
+    write_json_atomic(run_path / rundir.DATA_STATS, stats)
     fault_point("final:data-stats")
-    with rundir.located_disk_full(run_path / rundir.LOSS_PLOT):
+    with located_disk_full(run_path / rundir.LOSS_PLOT):
         plot_loss(records, run_path / rundir.LOSS_PLOT, title=f"{cfg.name}: loss")
     fault_point("final:loss-plot")
-    checkpoints = run_path / "checkpoints"
+    from chattune.train.checkpoints import staging_root
+
+    checkpoints = run_path / rundir.CHECKPOINTS
+    shutil.rmtree(staging_root(checkpoints), ignore_errors=True)  # the Trainer's output_dir, empty between saves
     if checkpoints.is_dir() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()
     fault_point("final:checkpoints-cleaned")
