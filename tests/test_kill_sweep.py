@@ -7,7 +7,7 @@ command a requeued job runs) is started with CHATTUNE_KILL_AT there and must die
 same command, run again, must finish a run equal to the uninterrupted one: the same adapter tensors,
 the same steps and tokens in summary.json, metrics.jsonl with steps 1..5 once each and the same
 losses, the same checkpoints, and no temporary or staging folder left behind. The killed runs and
-the reference are subprocesses; the resumes run the same argv through chattune.cli.main in this
+the reference are subprocesses, two at a time; the resumes run the same argv through chattune.cli.main in this
 process (an import of torch + transformers saved per phase: about half the sweep's time).
 """
 
@@ -19,6 +19,7 @@ import re
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -126,11 +127,11 @@ def test_fault_point_kills_at_the_nth_time_only(tmp_path):
         assert (done.returncode, done.stdout) == (code_out, printed), spec
 
 
-def _check_phase(point: str, tiny_model_dir: Path, reference: Path, run_dir: Path, capsys, worst) -> list[str]:
-    """Kill the CLI at `point`, run the same command again; what went wrong (empty: nothing)."""
+def _check_phase(point: str, killed: int, tiny_model_dir: Path, reference: Path, run_dir: Path, capsys,
+                 worst) -> list[str]:
+    """The CLI was killed at `point` (exit code `killed`); run the same command again: what went wrong."""
     from chattune.cli import main
 
-    killed = _run_cli(_command(tiny_model_dir, run_dir), kill_at=point, log=run_dir.with_suffix(".log"))
     if killed != -signal.SIGKILL:
         return [f"the first run was not killed there (exit code {killed}): the point was not reached"]
     capsys.readouterr()
@@ -145,14 +146,28 @@ def _check_phase(point: str, tiny_model_dir: Path, reference: Path, run_dir: Pat
         return [f"{type(err).__name__}: {err}"]
 
 
+def _first_runs(tiny_model_dir: Path, tmp_path: Path) -> list[int]:
+    """The reference run and every killed run, two at a time (each is mostly a single-threaded import)."""
+    def first(index: int) -> int:
+        if index < 0:
+            return _run_cli(_command(tiny_model_dir, tmp_path / "reference"), log=tmp_path / "reference.log")
+        run_dir = tmp_path / f"run-{index}"
+        return _run_cli(_command(tiny_model_dir, run_dir), kill_at=SWEEP[index], log=run_dir.with_suffix(".log"))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(first, range(-1, len(SWEEP))))
+
+
 @pytest.mark.slow
 def test_kill_9_at_every_phase_then_resume_equals_the_uninterrupted_run(tiny_model_dir, tmp_path, capsys):
     reference = tmp_path / "reference"
-    assert _run_cli(_command(tiny_model_dir, reference), log=tmp_path / "reference.log") == 0
+    reference_code, *killed = _first_runs(tiny_model_dir, tmp_path)
+    assert reference_code == 0
     assert not _hidden(reference) and [p.name for p in (reference / "checkpoints").iterdir()] == ["checkpoint-5"]
     failures, worst = {}, [0.0]
     for index, point in enumerate(SWEEP):
-        if problems := _check_phase(point, tiny_model_dir, reference, tmp_path / f"run-{index}", capsys, worst):
+        run_dir = tmp_path / f"run-{index}"
+        if problems := _check_phase(point, killed[index], tiny_model_dir, reference, run_dir, capsys, worst):
             failures[point] = problems
     with capsys.disabled():
         print(f"\nkill-9 sweep: {1 + 2 * len(SWEEP)} runs, {len(SWEEP)} phases, {len(failures)} failures "

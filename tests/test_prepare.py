@@ -3,6 +3,7 @@ example tokenized once, and a cache that hits on the same inputs and misses when
 settings change."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -103,10 +104,13 @@ def test_a_file_level_problem_still_raises(fresh, home):
 
 def test_several_processes_give_the_same_result(fresh, write_jsonl, home, monkeypatch):
     monkeypatch.setattr(encode, "PARALLEL_MIN_ROWS", 0)
-    path = write_jsonl(ROWS * 3)
+    monkeypatch.setenv("CHATTUNE_TEST_MARK", "before")
+    environ, path = os.environ, write_jsonl(ROWS * 3)
     new = assert_same_as_legacy(fresh, [f"data.path={path}", "data.on_error=skip", "data.max_length=64"],
                                 cache_mode=True, num_proc=2)
     assert len({Path(f["filename"]).name for f in new.train._table.cache_files}) == 2  # two workers wrote
+    assert os.environ is environ, "datasets' map swapped os.environ; rich would stop seeing COLUMNS"
+    assert os.environ["CHATTUNE_TEST_MARK"] == "before"
 
 
 class CountingBackend:

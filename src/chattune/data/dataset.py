@@ -144,12 +144,12 @@ def tokenize_conversations(
             encoded, reason = fit_example(tokenizer, conv.messages, encoded, max_length, policy, stop_ids, mask)
             if encoded is None:
                 drop_reasons[reason] += 1
-                _remember(stats.dropped_sources, conv.source)
+                remember_source(stats.dropped_sources, conv.source)
                 if progress:
                     progress()
                 continue
             stats.truncated += 1
-            _remember(stats.truncated_sources, conv.source)
+            remember_source(stats.truncated_sources, conv.source)
         examples.append({"input_ids": encoded.input_ids, "labels": encoded.labels})
         stats.replay += conv.meta.get("origin") == REPLAY_SOURCE
         stats.tokens += len(encoded.input_ids)
@@ -163,7 +163,8 @@ def tokenize_conversations(
     return examples, stats
 
 
-def _remember(sources: list[str], source: str) -> None:
+def remember_source(sources: list[str], source: str) -> None:
+    """Keep the first EXAMPLES_KEPT sources of truncated or dropped examples (data_stats.json names them)."""
     if len(sources) < EXAMPLES_KEPT:
         sources.append(source)
 

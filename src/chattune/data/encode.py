@@ -65,7 +65,7 @@ def encode_all(convs, tokenizer, settings: EncodeSettings, work: Path | None = N
         num_proc = None
     elif num_proc is None:
         num_proc = min(len(os.sched_getaffinity(0)), MAX_PROCESSES)
-    with _progress_bar(len(convs) >= PARALLEL_MIN_ROWS):
+    with _progress_bar(len(convs) >= PARALLEL_MIN_ROWS), _same_os_environ():
         return table.map(
             encode_rows, batched=True, batch_size=BATCH_SIZE, num_proc=num_proc if (num_proc or 1) > 1 else None,
             remove_columns=["roles", "contents"], features=features(), desc="encode",
@@ -73,6 +73,25 @@ def encode_all(convs, tokenizer, settings: EncodeSettings, work: Path | None = N
             new_fingerprint=hashlib.sha256(str(work).encode()).hexdigest()[:16],  # skips hashing the tokenizer
             cache_file_name=str(work / ENCODED_FILE) if work else None, keep_in_memory=work is None,
         )
+
+
+@contextlib.contextmanager
+def _same_os_environ():
+    """Put the process's `os.environ` object back after datasets' map with num_proc.
+
+    datasets 5.2.0 (arrow_dataset.py, `os.environ = prev_env`) swaps in a deep copy, so every
+    library that captured the original mapping (rich's Console reads COLUMNS from it) no longer
+    sees later changes. The original object gets the copy's contents, then takes its place.
+    """
+    environ = os.environ
+    try:
+        yield
+    finally:
+        current = dict(os.environ)
+        os.environ = environ  # noqa: B003 (the object itself goes back; its contents follow)
+        for key in set(environ) - set(current):
+            del environ[key]
+        environ.update(current)
 
 
 @contextlib.contextmanager

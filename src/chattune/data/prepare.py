@@ -20,7 +20,7 @@ from rich.console import Console
 from chattune.config import DataConfig, RunConfig
 from chattune.data import cache
 from chattune.data.builtin_general import REPLAY_SOURCE
-from chattune.data.dataset import EXAMPLES_KEPT, DataStats
+from chattune.data.dataset import DataStats, remember_source
 from chattune.data.encode import Examples
 from chattune.data.formats import Conversation
 from chattune.data.lint import (
@@ -119,11 +119,11 @@ def split_stats(rows: list[int], facts: dict[str, list], replay: set[int]) -> tu
         stats.turns_without_stop += facts["no_stop"][row]
         if reason := facts["drop_reason"][row]:
             drops[reason] += 1
-            _remember(stats.dropped_sources, facts["source"][row])
+            remember_source(stats.dropped_sources, facts["source"][row])
             continue
         if facts["truncated"][row]:
             stats.truncated += 1
-            _remember(stats.truncated_sources, facts["source"][row])
+            remember_source(stats.truncated_sources, facts["source"][row])
         kept.append(row)
         stats.replay += row in replay
         stats.tokens += facts["kept_length"][row]
@@ -133,11 +133,6 @@ def split_stats(rows: list[int], facts: dict[str, list], replay: set[int]) -> tu
     stats.dropped = sum(drops.values())
     stats.drop_reasons = dict(drops)
     return kept, stats
-
-
-def _remember(sources: list[str], source: str) -> None:
-    if len(sources) < EXAMPLES_KEPT:
-        sources.append(source)
 
 
 def from_entry(meta: dict, table, key: str = "", from_cache: bool = False) -> Prepared:

@@ -74,14 +74,8 @@ def assistant_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tup
             continue
         before = render(tokenizer, messages[:i], add_generation_prompt=True)
         through = render(tokenizer, messages[: i + 1])
-        for part, label in ((before, "prompt"), (through, "prompt + answer")):
-            if not full.startswith(part):
-                raise TemplateError(
-                    f"the chat template renders the {label} of turn {i} differently from the "
-                    "full conversation, so answer tokens cannot be located safely"
-                )
-        if len(through) <= len(before):
-            raise TemplateError(f"the chat template renders no text for assistant turn {i}")
+        if problem := _span_problem(full, before, through, i):
+            raise problem
         spans.append((len(before), len(through)))
     return full, spans
 
