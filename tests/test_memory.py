@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -52,3 +53,58 @@ def test_config_escape_hatch_validates():
     assert load_config(None, ["train.mmap_threshold_kb=1024"]).train.mmap_threshold_kb == 1024
     with pytest.raises(ConfigError, match="mmap_threshold_kb"):
         load_config(None, ["train.mmap_threshold_kb=-1"])
+
+
+ARENAS = """
+import ctypes, threading
+from chattune.train.memory import _glibc, bound_allocator_caches
+import sys
+if sys.argv[1] == "bound":
+    bound_allocator_caches()
+def allocate():
+    blocks = [ctypes.create_string_buffer(256) for _ in range(200)]
+threads = [threading.Thread(target=allocate) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+_glibc().malloc_stats()  # one "Arena N:" block per arena, on stderr
+"""
+
+
+def _arenas(mode: str) -> int:
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    done = subprocess.run([sys.executable, "-c", ARENAS, mode], capture_output=True, text=True, check=True, env=env)
+    return done.stderr.count("Arena ")
+
+
+@pytest.mark.skipif(_glibc() is None, reason="glibc's mallopt only (Linux); a no-op elsewhere")
+def test_bounded_allocator_keeps_threads_in_one_arena():
+    assert _arenas("free") > 1  # glibc's default: a thread that finds the main arena busy makes its own
+    assert _arenas("bound") == 1
+
+
+ONEDNN = """
+import torch
+from chattune.train.memory import ONEDNN_CACHE_CAPACITY, bound_allocator_caches
+bound_allocator_caches()
+w = torch.randn(16, 16, dtype=torch.bfloat16)
+for rows in [*range(1, ONEDNN_CACHE_CAPACITY + 2), 1]:  # one more shape than the cache holds, then the first again
+    torch.randn(rows, 16, dtype=torch.bfloat16) @ w
+"""
+
+
+def test_onednn_primitive_cache_is_bounded_unless_the_user_chose():
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    done = subprocess.run([sys.executable, "-c", ONEDNN], capture_output=True, text=True, check=True,
+                          env={**env, "ONEDNN_VERBOSE": "profile_create"})
+    creates = [line for line in done.stderr.splitlines() if ",create:cache_" in line and ",matmul," in line]
+    if not creates:
+        pytest.skip("torch does not run bf16 matmuls through oneDNN on this CPU: no primitive cache to bound")
+    assert ",create:cache_miss," in creates[-1], "the first shape was evicted: the cache holds 64, not 1024"
+    from chattune.train import memory
+
+    os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "2048"  # the user's choice stays
+    try:
+        assert "onednn_primitive_cache" not in memory.bound_allocator_caches()
+        assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "2048"
+    finally:
+        del os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"]

@@ -140,12 +140,13 @@ def test_resume_refuses_changed_data(tiny_model_dir, tmp_path, write_jsonl):
 
 
 def test_trim_metrics_drops_later_steps_and_a_cut_line(tmp_path):
+    from chattune.rundir import RunDir
     from chattune.train.resume import trim_metrics
 
     path = tmp_path / "metrics.jsonl"
     lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 3, 4)]
     path.write_text("\n".join(lines) + '\n{"step": 5, "lo')
-    kept = trim_metrics(path, 3)
+    kept = trim_metrics(RunDir(tmp_path), 3)
     assert [r["step"] for r in kept] == [1, 2, 3]
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
 

@@ -94,6 +94,28 @@ def test_run_dir_reads_what_training_wrote(tiny_run):
         run.config_dict(), run.summary(), run.metrics(), run.evals())
 
 
+def test_what_the_writer_writes_the_reader_reads_and_nothing_else_is_left(tmp_path):
+    cfg = load_config(None, ["name=written", "data.path=rows.jsonl"])
+    run = rundir.RunDir(tmp_path / "run")
+    run.write_config(cfg)
+    run.write_data_stats({"train": {"examples": 3}})
+    run.write_metrics([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}])
+    run.write_summary({"steps": 1})
+    run.write_summary({"steps": 2})  # replaced whole
+    run.write_template("{{ messages }}")
+    run.write_adapter(lambda out: (out / "adapter_config.json").write_text("{}", encoding="utf-8"))
+    assert run.config() == cfg and run.config_dict()["name"] == "written"
+    assert run.data_stats() == {"train": {"examples": 3}} and run.summary() == {"steps": 2}
+    assert run.metrics() == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    assert (run.path / rundir.TEMPLATE).read_text(encoding="utf-8") == "{{ messages }}"
+    assert (run.adapter / "adapter_config.json").is_file()
+    rundir.write_eval_folder(run.path / rundir.EVAL_DIR / "data-1", {"created": "1", "metrics": {"bleu": 0.5}},
+                             [{"prediction": "x"}])
+    assert run.evals() == [rundir.SavedEval(run.path / rundir.EVAL_DIR / "data-1",
+                                            {"created": "1", "metrics": {"bleu": 0.5}}, [{"prediction": "x"}])]
+    assert not list(run.path.rglob(".*")), "every write went through a temporary that was renamed"
+
+
 def test_load_for_inference_is_what_chat_export_and_serve_run(tiny_run):
     import torch
     from peft import PeftModel

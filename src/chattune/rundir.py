@@ -17,7 +17,8 @@ Layout of a run dir (each name is a constant below; no other module spells one):
                          EVAL_SUMMARY (summary.json)
     report.html          REPORT: `chattune report`
 Files are written with chattune.io (temporary name, then rename), so a reader never sees half a
-file. RunDir reads a run dir; load_for_inference loads its base + adapter for chat, predict,
+file. RunDir reads a run dir and writes it (its write_* methods, each atomic; write_eval_folder
+for an eval folder anywhere); load_for_inference loads its base + adapter for chat, predict,
 eval, export and serve (torch, transformers and peft are imported only when it runs).
 """
 
@@ -26,10 +27,11 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chattune.io import checksum_problems
+from chattune.io import checksum_problems, save_dir_atomic, write_json_atomic, write_text_atomic
 
 CONFIG = "config.yaml"
 ADAPTER = "adapter"
@@ -104,9 +106,23 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _jsonl_text(records: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def write_eval_folder(out_dir: Path, summary: dict, records: list[dict]) -> None:
+    """One eval folder (EVAL_SUMMARY + PREDICTIONS), appearing whole (temp + rename); RunDir.evals reads it."""
+    def write(tmp: Path) -> None:
+        (tmp / PREDICTIONS).write_text(_jsonl_text(records), encoding="utf-8")
+        (tmp / EVAL_SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    save_dir_atomic(Path(out_dir), write)
+
+
 @dataclass
 class RunDir:
-    """Typed reads of one run dir; a missing optional file reads as empty."""
+    """Typed reads and writes of one run dir; a missing optional file reads as empty, every write is
+    atomic (chattune.io: temporary name, then rename)."""
 
     path: Path
 
@@ -117,6 +133,44 @@ class RunDir:
     @property
     def tokenizer(self) -> Path:
         return self.path / TOKENIZER
+
+    @property
+    def metrics_file(self) -> Path:
+        """Appended a line per logged step while training (train/metrics.py), so not written whole here."""
+        return self.path / METRICS
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.path / LOSS_PLOT
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    def write_adapter(self, save: Callable[[Path], None]) -> None:
+        """`save(folder)` writes the adapter files (peft's save_pretrained, with checksums)."""
+        save_dir_atomic(self.adapter, save)
+
+    def write_tokenizer(self, tokenizer) -> None:
+        save_dir_atomic(self.tokenizer, tokenizer.save_pretrained)
+
+    def write_template(self, template: str | None) -> None:
+        write_text_atomic(self.path / TEMPLATE, template or "")
+
+    def write_config(self, cfg) -> None:
+        """The resolved RunConfig as YAML (config() reads it back validated)."""
+        write_text_atomic(self.path / CONFIG, cfg.to_yaml())
+
+    def write_data_stats(self, stats: dict) -> None:
+        write_json_atomic(self.path / DATA_STATS, stats)
+
+    def write_metrics(self, records: list[dict]) -> None:
+        """metrics.jsonl replaced whole (resume trims it to the checkpoint's step)."""
+        write_text_atomic(self.metrics_file, _jsonl_text(records))
+
+    def write_summary(self, summary: dict) -> None:
+        """summary.json: training writes it last, since it marks the run finished."""
+        write_json_atomic(self.path / SUMMARY, summary)
 
     def config(self):
         """The validated RunConfig the run was trained with."""

@@ -7,7 +7,6 @@ generation metrics, computes held-out loss on trained tokens when asked, and wri
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from chattune import rundir
 from chattune.data.formats import DataError, RowSpec, row_to_messages
 from chattune.data.templates import with_system
 from chattune.infer.predict import load_prompt_rows
-from chattune.io import save_dir_atomic
 from chattune.metrics import GENERATION_METRICS, Score, default_labels, score_generation
 from chattune.rundir import EVAL_DIR, EVAL_SUMMARY, PREDICTIONS
 
@@ -135,16 +133,6 @@ def prediction_records(rows: list[EvalRow], generated, scores: dict[str, Score],
     return records
 
 
-def write_eval(out_dir: Path, summary: dict, records: list[dict]) -> None:
-    """predictions.jsonl + summary.json, the folder appearing whole (temp + rename)."""
-    def write(tmp: Path) -> None:
-        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        (tmp / PREDICTIONS).write_text(lines, encoding="utf-8")
-        (tmp / EVAL_SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-    save_dir_atomic(out_dir, write)
-
-
 def run_eval(target: str, data: str | Path, metrics: list[str], labels: list[str] | None = None,
              max_new_tokens: int = 64, batch_size: int = 8, device: str = "cpu",
              out: str | Path | None = None, console=None, settings: list[str] | None = None,
@@ -189,7 +177,7 @@ def run_eval(target: str, data: str | Path, metrics: list[str], labels: list[str
         summary["trained_tokens"] = extra["trained_tokens"]
     records = prediction_records(rows, generated, scores, labels) if generated else []
     out_dir = Path(out) if out else default_out_dir(target, data)
-    write_eval(out_dir, summary, records)
+    rundir.write_eval_folder(out_dir, summary, records)
     if rundir.is_run_dir(target):
         log_to_run_trackers(Path(target), out_dir, summary, records)
     return EvalResult(out_dir, summary, records)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from chattune import rundir
 from chattune.config import ConfigError, RunConfig
-from chattune.io import checksum_problems, clean_temporaries, write_json_atomic, write_text_atomic
+from chattune.io import checksum_problems, clean_temporaries, write_json_atomic
 from chattune.rundir import BEST_ADAPTER, CHECKPOINTS, INIT_ADAPTER, LAST_ADAPTER
 from chattune.train.checkpoints import (
     REQUIRED,
@@ -173,9 +173,9 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def trim_metrics(path: Path, step: int) -> list[dict]:
+def trim_metrics(run: rundir.RunDir, step: int) -> list[dict]:
     """Keep the metrics records up to `step` (dropping a line cut by a crash) and rewrite the file."""
-    records = []
+    path, records = run.metrics_file, []
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
@@ -185,7 +185,7 @@ def trim_metrics(path: Path, step: int) -> list[dict]:
             if isinstance(record, dict) and record.get("step", 0) <= step:
                 records.append(record)
     if is_main():
-        write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        run.write_metrics(records)
     return records
 
 
@@ -249,7 +249,7 @@ class CheckpointState:
 
 def restore_run(plan: ResumePlan, progress: CheckpointState, metrics_logger) -> None:
     """Cut metrics.jsonl back to the checkpoint, drop newer checkpoints and leftovers, restore counters."""
-    metrics_logger.records = trim_metrics(plan.run_dir / rundir.METRICS, plan.step)
+    metrics_logger.records = trim_metrics(rundir.RunDir(plan.run_dir), plan.step)
     if is_main():
         clean_temporaries(plan.run_dir, (*rundir.TEMPORARY_OF, LAST_ADAPTER, INIT_ADAPTER))  # writes cut by a kill or full disk
         clean_staging(plan.run_dir / CHECKPOINTS)

@@ -24,9 +24,6 @@ from chattune.io import (
     clean_temporaries,
     drop_cut_line,
     located_disk_full,
-    save_dir_atomic,
-    write_json_atomic,
-    write_text_atomic,
 )
 from chattune.model.adapters import adapter_writer, attach_lora
 from chattune.model.load import (
@@ -95,7 +92,7 @@ def build_training_args(cfg: RunConfig, run_path: Path, precision: str, device: 
     eval_steps = t.eval_every
     eval_strategy = "no" if not has_eval else ("steps" if eval_steps else "epoch")
     return TrainingArguments(
-        output_dir=str(staging_root(run_path / rundir.CHECKPOINTS)),  # train/checkpoints.py commits each one by rename
+        output_dir=str(staging_root(rundir.RunDir(run_path).checkpoints)),  # train/checkpoints.py commits each one by rename
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
@@ -167,7 +164,7 @@ def located_disk_full_in_run(run_path: Path):
     except DiskFull:
         if distributed.is_main():
             clean_temporaries(run_path, rundir.TEMPORARY_OF)
-            drop_cut_line(run_path / rundir.METRICS)
+            drop_cut_line(rundir.RunDir(run_path).metrics_file)
         raise
 
 
@@ -175,10 +172,12 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
     """The recipe, once the run dir exists: setup_data -> setup_model -> build_trainer -> fit -> save."""
     from transformers import set_seed
 
-    from chattune.train.memory import release_freed_tensors
+    from chattune.train.memory import bound_allocator_caches, release_freed_tensors
 
     set_seed(cfg.seed)
     release_freed_tensors(cfg.train.mmap_threshold_kb)  # opt-in; before the weights load
+    if device == "cpu":
+        bound_allocator_caches()  # before the first matmul and before the Trainer's threads
     tokenizer, data = setup_data(cfg, plan, console)
     precision, lr = setup_optimization(cfg, device, console)
     args = build_training_args(cfg, run_path, precision, device, bool(data.eval), lr)  # before the model: ZeRO-3
@@ -265,13 +264,13 @@ def setup_session(cfg: RunConfig, run_path: Path, tokenizer, data, plan, console
     from chattune.train.resume import CheckpointState, restore_run
 
     counter = TokenCounter()
-    metrics = MetricsLogger(run_path / rundir.METRICS, counter)
+    metrics = MetricsLogger(rundir.RunDir(run_path).metrics_file, counter)
     monitoring = build_monitoring(cfg, run_path, tokenizer, data.eval_conversations, metrics)
     progress = CheckpointState(cfg, counter, data.stats, monitoring.eval_loop)
     if plan:
         restore_run(plan, progress, metrics)  # metrics.jsonl cut back to the checkpoint, counters restored
         console.print(f"[bold]resuming[/] from {plan.checkpoint or 'step 0 (no checkpoint yet)'}")
-    checkpoints = AtomicCheckpoints(run_path / rundir.CHECKPOINTS, progress, cfg.train.keep_checkpoints)
+    checkpoints = AtomicCheckpoints(rundir.RunDir(run_path).checkpoints, progress, cfg.train.keep_checkpoints)
     return Session(counter, metrics, monitoring, progress, StopOnSignal(), checkpoints)
 
 
@@ -341,7 +340,7 @@ def add_to_summary(run_path: Path, summary: dict, digests, best: dict, console: 
         console.print(f"[bold]best {best['metric']}[/] {best['best']:.4f} at step {best['best_step']}: {best['adapter']}")
     if forgetting is not None:
         summary["forgetting"] = forgetting
-    write_json_atomic(run_path / rundir.SUMMARY, summary)
+    rundir.RunDir(run_path).write_summary(summary)
     fault_point("final:summary")
 
 
@@ -351,22 +350,23 @@ def save_run(run_path, cfg, model, tokenizer, stats, records, result, seconds, c
     faults.FINAL_PHASES name the points in between (tests/test_kill_sweep.py kills the run at each)."""
     from chattune.train.plots import plot_loss
 
-    save_dir_atomic(run_path / rundir.ADAPTER, lambda out: adapter_writer(model)(out, state_dict=state_dict))
+    run = rundir.RunDir(run_path)
+    run.write_adapter(lambda out: adapter_writer(model)(out, state_dict=state_dict))
     fault_point("final:adapter")
-    save_dir_atomic(run_path / rundir.TOKENIZER, tokenizer.save_pretrained)
+    run.write_tokenizer(tokenizer)
     fault_point("final:tokenizer")
-    write_text_atomic(run_path / rundir.TEMPLATE, tokenizer.chat_template or "")
+    run.write_template(tokenizer.chat_template)
     fault_point("final:template")
-    write_text_atomic(run_path / rundir.CONFIG, cfg.to_yaml())
+    run.write_config(cfg)
     fault_point("final:config")
-    write_json_atomic(run_path / rundir.DATA_STATS, stats)
+    run.write_data_stats(stats)
     fault_point("final:data-stats")
-    with located_disk_full(run_path / rundir.LOSS_PLOT):
-        plot_loss(records, run_path / rundir.LOSS_PLOT, title=f"{cfg.name}: loss")
+    with located_disk_full(run.loss_plot):
+        plot_loss(records, run.loss_plot, title=f"{cfg.name}: loss")
     fault_point("final:loss-plot")
     from chattune.train.checkpoints import staging_root
 
-    checkpoints = run_path / rundir.CHECKPOINTS
+    checkpoints = run.checkpoints
     shutil.rmtree(staging_root(checkpoints), ignore_errors=True)  # the Trainer's output_dir, empty between saves
     if checkpoints.is_dir() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()
