@@ -136,7 +136,7 @@ class RunDir:
 
     @property
     def metrics_file(self) -> Path:
-        """Appended a line per logged step while training (train/metrics.py), so not written whole here."""
+        """Training appends a line per logged step (train/metrics.py); write_metrics replaces it whole."""
         return self.path / METRICS
 
     @property
