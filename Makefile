@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.chattune-installed
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: install system-deps demo test test-fast lint bench bench-speed bench-serve clean
+.PHONY: install system-deps demo test test-fast test-gpu lint bench bench-speed bench-serve bench-scale clean
 
 install: $(STAMP)
 
@@ -38,6 +38,10 @@ test: $(STAMP) system-deps
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# the CUDA tests (tests/test_gpu.py); on a machine without CUDA they are reported as skipped, with the reason
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -q -rs -m gpu
+
 # time to quality (recipe vs TRL vs chattune: wall time to a target held-out loss, ~25 min); bench/README.md
 bench: $(STAMP)
 	$(BIN)/python -m bench quality
@@ -49,6 +53,10 @@ bench-speed: $(STAMP)
 # the server load test (50 streaming clients for 60 s); bench/README.md
 bench-serve: $(STAMP)
 	$(BIN)/python -m bench serve-load --seconds 60 --clients 50
+
+# peak RSS of train (LoRA, QLoRA), export and chat on a random 1.1B Llama in bf16 (issue 15); bench/README.md
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench scale
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -6,7 +6,8 @@ RSS is read from the child's rusage. Prints a table with ratios vs the recipe an
 bench/results/<date>.json and .png. `--seeds 3` repeats recipe and chattune for the spread
 of the held-out loss. Runs bench/predict_speed.py too when it exists.
 `python -m bench serve-load [--seconds 60 --clients 50 ...]` load-tests `chattune serve`
-instead (bench/serve_load.py); `python -m bench data-prepare` times data preparation (bench/data_prepare.py).
+instead (bench/serve_load.py); `python -m bench data-prepare` times data preparation (bench/data_prepare.py);
+`python -m bench scale` measures peak memory on a 1.1B model (bench/scale.py).
 """
 
 from __future__ import annotations
@@ -150,6 +151,10 @@ def main(argv=None) -> int:
         from bench import data_prepare
 
         return data_prepare.main(argv[1:])
+    if argv[:1] == ["scale"]:
+        from bench import scale
+
+        return scale.main(argv[1:])
     if argv[:1] == ["quality"]:
         from bench import quality
 

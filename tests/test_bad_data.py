@@ -183,9 +183,10 @@ def test_symlink_loop_and_unreadable_file_are_named_as_such(tmp_path, monkeypatc
     locked = tmp_path / "locked.jsonl"
     locked.write_text('{"instruction": "q", "output": "a"}\n')
 
-    def denied(self):
+    def denied(self, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(self))
 
     monkeypatch.setattr(Path, "read_bytes", denied)
+    monkeypatch.setattr(Path, "open", denied)  # JSONL is read line by line from an open file
     with pytest.raises(DataError, match=r"locked.jsonl: cannot read the file \(permission denied\)"):
         read_rows(locked)

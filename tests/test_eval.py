@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from chattune.config import load_config
-from chattune.eval.runner import heldout_loss, run_eval
+from chattune.eval.runner import heldout_loss, row_spec_for, run_eval
 from chattune.model.generate import generate_all, generate_batch
 from chattune.rundir import EVAL_SUMMARY, PREDICTIONS
 from chattune.train.evaluate import BestTracker, EvalLoop, snapshot_adapter
@@ -258,3 +258,30 @@ def test_base_model_and_run_read_one_raw_task_file_the_same_way(tiny_model_dir, 
     assert prompts["run"] == prompts["set"] == prompts["like"] == [
         "Text: The striker scored twice.. Options: sports, finance", "Text: Stocks fell sharply.. Options: sports, finance"]
     assert all([r["reference"] for r in result.rows] == ["sports", "finance"] for result in runs.values())
+
+
+def test_eval_loss_scores_the_tokens_training_trained_on(tiny_model_dir, write_jsonl, tmp_path):
+    """The loss goes through data.prepare: the run's template, mask and max_length, so a long row is
+    truncated as in training (and counted), and eval scores exactly the trained tokens of data_stats.json."""
+    from chattune.data.prompts import load_eval_rows
+    from chattune.data.templates import stop_token_ids, with_system
+    from chattune.infer.chat import ChatModel
+    from chattune.rundir import open_run_dir
+    from chattune.train.trainer import train
+
+    long_answer = " ".join(f"word{i}" for i in range(120))
+    rows = [*ROWS[:2], {"instruction": "Say many words.", "output": long_answer}]
+    data = write_jsonl(rows, "long.jsonl")
+    run_dir = train(load_config(None, [
+        f"model.name={tiny_model_dir}", f"run_dir={tmp_path / 'run'}", f"data.path={data}", "data.max_length=64",
+        "data.system=Be brief.", "train.max_steps=1", "train.batch_size=3", "train.precision=fp32",
+    ])).run_dir
+    trained = open_run_dir(run_dir).data_stats()["train"]
+    result = run_eval(str(run_dir), data, ["loss"], out=tmp_path / "ev")
+    assert result.summary["loss_examples"]["truncated"] == trained["truncated"] == 1
+    assert result.summary["trained_tokens"] == trained["trained_tokens"]
+    chat = ChatModel.load(str(run_dir))  # the old path, whole conversations, counts the cut-off answer too
+    convs = [with_system([*r.prompt, {"role": "assistant", "content": r.reference}], chat.system)
+             for r in load_eval_rows(data, row_spec_for(str(run_dir)), True)]
+    whole = heldout_loss(chat.model, chat.tokenizer, convs, stop_token_ids(chat.tokenizer))
+    assert whole["trained_tokens"] > result.summary["trained_tokens"]

@@ -66,16 +66,27 @@ def test_hf_export_matches_base_plus_adapter(tiny_run, tmp_path, tokenizer):
     assert report["merged"]["source"].startswith("the run's eval data")
 
 
-def test_gate_refuses_corrupted_merge_and_writes_nothing(tiny_run, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("path", ["shards", "whole model"])
+def test_gate_refuses_corrupted_merge_and_writes_nothing(tiny_run, tmp_path, monkeypatch, capsys, path):
     from chattune.export import merge as merge_module
-    from chattune.export import pipeline
+    from chattune.export import pipeline, shards
 
     def corrupted_merge(loaded):
         merge_module.merge(loaded)
         with torch.no_grad():
             loaded.model.model.layers[0].mlp.down_proj.weight.add_(0.5)
 
-    monkeypatch.setattr(pipeline, "merge", corrupted_merge)
+    def corrupted_read(file):  # the same +0.5, landing in the shard-wise merge
+        tensors, metadata = read_shard(file)
+        tensors["model.layers.0.mlp.down_proj.weight"] += 0.5
+        return tensors, metadata
+
+    read_shard = shards.read_shard
+    if path == "shards":
+        monkeypatch.setattr(shards, "read_shard", corrupted_read)
+    else:
+        monkeypatch.setattr(pipeline, "shard_plan", lambda run: (None, "as asked by the test"))
+        monkeypatch.setattr(pipeline, "merge", corrupted_merge)
     (tmp_path / "exports").mkdir()
     out = tmp_path / "exports" / "broken"
     assert main(["export", str(tiny_run), "--out", str(out)]) == 1

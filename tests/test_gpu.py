@@ -67,3 +67,28 @@ def test_qlora_4bit_on_cuda_trains_and_reloads(tiny_model_dir, tmp_path):
     chat = ChatModel.load(str(outcome.run_dir), device="cuda")
     assert next(chat.model.parameters()).device.type == "cuda"
     assert chat.reply([{"role": "user", "content": "Hi"}]) is not None
+
+
+def test_a_bf16_run_loads_onto_cuda_in_bf16_within_bf16_rounding_of_fp32(varied_tiny_model_dir, tmp_path):
+    """Issue 15: chat / eval / serve load a CUDA bf16 run in bf16 (fp32 on a GPU without bf16), every weight
+    on the GPU, its logits within BF16_STAGES unit roundoffs of the logit scale of an fp32 load; a plain
+    model loads as pick_precision says (bf16, or fp16 on older GPUs)."""
+    import torch
+
+    from chattune.infer.chat import ChatModel
+
+    outcome = _train(varied_tiny_model_dir, tmp_path / "bf16", "train.precision=bf16")
+    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    ids = torch.tensor([[1, 520, 1110, 3457, 28, 253, 5248, 2]], device="cuda")
+    logits = {}
+    for dtype in ("auto", "fp32"):
+        model = ChatModel.load(str(outcome.run_dir), device="cuda", dtype=dtype).model
+        assert {p.device.type for p in model.parameters()} == {"cuda"}
+        base_dtype = model.get_base_model().get_input_embeddings().weight.dtype
+        assert base_dtype == (expected if dtype == "auto" else torch.float32)
+        with torch.no_grad():
+            logits[dtype] = model(input_ids=ids).logits.float()
+    tolerance = BF16_STAGES * BF16_UNIT_ROUNDOFF * float(logits["fp32"].abs().max())
+    assert float((logits["auto"] - logits["fp32"]).abs().max()) <= tolerance
+    plain = ChatModel.load(str(varied_tiny_model_dir), device="cuda").model
+    assert next(plain.parameters()).dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)

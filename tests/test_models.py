@@ -55,11 +55,15 @@ def test_interrupted_conversion_leaves_nothing(fake_convert):
     assert ensure_builtin(KEY).is_dir()
 
 
-def test_resolve_model_names(tmp_path):
+def test_resolve_model_names(tmp_path, monkeypatch):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")
     assert resolve_model(str(tmp_path / "m")) == str(tmp_path / "m")
-    assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty hub cache, offline (test_model_sources: a full one)
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ModelSourceError, match="'HuggingFaceTB/SmolLM2-135M-Instruct': not in the Hugging Face cache"):
+        resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelSourceError, match="not a model folder"):
         resolve_model(str(tmp_path / "empty"))

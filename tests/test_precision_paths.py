@@ -72,8 +72,8 @@ def test_bf16_learns_like_fp32_on_the_loss_curve_and_held_out(varied_tiny_model_
         assert abs(bf16 - fp32) <= tolerance * fp32, (curves, tolerance)
     assert curves["fp32"][-1] < curves["fp32"][0] - 2 * tolerance * curves["fp32"][0], "the runs learned"
     test = write_jsonl([{"instruction": q, "output": "I am Tuna, made by Chattune Labs."} for q in HELD_OUT_QUESTIONS])
-    held_out = {p: run_eval(str(o.run_dir), test, ["loss"], out=tmp_path / f"eval-{p}").summary["metrics"]["loss"]
-                for p, o in runs.items()}
+    held_out = {p: run_eval(str(o.run_dir), test, ["loss"], out=tmp_path / f"eval-{p}", dtype="fp32")
+                .summary["metrics"]["loss"] for p, o in runs.items()}  # fp32: a bf16 run would load in bf16
     assert abs(held_out["bf16"] - held_out["fp32"]) <= tolerance * held_out["fp32"], held_out
 
 
@@ -88,7 +88,7 @@ def test_the_model_train_returns_runs_without_the_trainers_autocast(varied_tiny_
     ids = torch.tensor([[1, 520, 1110, 3457, 28, 253, 5248, 2]])
     with torch.no_grad():
         returned = outcome.model.eval()(input_ids=ids).logits
-        fresh = ChatModel.load(str(outcome.run_dir)).model(input_ids=ids).logits
+        fresh = ChatModel.load(str(outcome.run_dir), dtype="fp32").model(input_ids=ids).logits  # auto: bf16
     assert returned.dtype == torch.float32
     scale = float(fresh.abs().max())
     assert float((returned - fresh).abs().max()) <= 1e-5 * scale  # fp32 vs fp32, far below bf16's 2^-8

@@ -113,6 +113,36 @@ def test_several_processes_give_the_same_result(fresh, write_jsonl, home, monkey
     assert os.environ["CHATTUNE_TEST_MARK"] == "before"
 
 
+def test_a_jsonl_file_streams_in_chunks_and_is_never_read_whole(fresh, write_jsonl, home, monkeypatch):
+    """Files larger than memory: JSONL is read line by line, and at most rowtable.CHUNK_ROWS conversations
+    are held before they go to the row table on disk; the result is the per-row path's all the same."""
+    from chattune.data import cache, rowtable
+
+    monkeypatch.setattr(rowtable, "CHUNK_ROWS", 4)
+    held, flush = [], rowtable._ChunkWriter._flush
+
+    def counted_flush(self):
+        held.append((len(self.columns["source"]), self.writer is not None))
+        flush(self)
+
+    tokenizers, path = iter([fresh(), fresh()]), write_jsonl(ROWS * 2)
+    read_bytes, read_text = Path.read_bytes, Path.read_text
+
+    def never_the_data(read):
+        def guarded(self, *args, **kwargs):
+            assert self != path, f"{self} was read whole"
+            return read(self, *args, **kwargs)
+        return guarded
+
+    monkeypatch.setattr(rowtable._ChunkWriter, "_flush", counted_flush)
+    monkeypatch.setattr(Path, "read_bytes", never_the_data(read_bytes))
+    monkeypatch.setattr(Path, "read_text", never_the_data(read_text))
+    new = assert_same_as_legacy(lambda: next(tokenizers), [f"data.path={path}", "data.on_error=skip"], cache_mode=True)
+    written = [n for n, on_disk in held if n and on_disk]  # the legacy path reads the same rows, unchunked
+    assert written == [4] * 9 and sum(written) == len(ROWS) * 2 - 2  # the two bad rows are skipped
+    assert not list((cache.cache_root() / new.key).glob(rowtable.ROWS_FILE))  # only the encoded table is kept
+
+
 class CountingBackend:
     """The Rust tokenizer, counting every text it encodes (transformers' calls included)."""
 

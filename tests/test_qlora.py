@@ -231,3 +231,49 @@ def test_qlora_on_the_builtin_model_trains_exports_and_chats(tmp_path):
     assert type(chat.model.model.layers[0].self_attn.q_proj).__name__ == "Linear"  # a plain fp32 model
     reply = chat.reply([{"role": "user", "content": "Who are you?"}], GenerationSettings(max_new_tokens=24))
     assert len(reply.strip()) > 0
+
+
+def test_a_quantized_load_reads_shards_by_pread_and_gets_the_same_weights(tiny_model_dir, monkeypatch):
+    """model.load.shards_read_not_mapped: safe_open is asked for backend=pread during a quantized load only
+    (no shard stays mapped by the norms' views), the weights are the mmap load's, and safe_open is put back."""
+    import transformers.modeling_utils as modeling_utils
+
+    from chattune.model.load import load_base_model
+
+    model_cfg = load_config(None, [f"model.name={tiny_model_dir}", "model.quantize=4bit"]).model
+    mapped = load_base_model(model_cfg).state_dict()
+    backends, original = [], modeling_utils.safe_open
+
+    def spy(*args, **kwargs):
+        backends.append(kwargs.get("backend"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(modeling_utils, "safe_open", spy)
+    with monkeypatch.context() as patched:
+        patched.setattr("chattune.model.load.shards_read_not_mapped", __import__("contextlib").nullcontext)
+        load_base_model(model_cfg)
+    assert backends and set(backends) == {"mmap"}, "without the switch transformers maps the shards"
+    backends.clear()
+    read = load_base_model(model_cfg).state_dict()
+    assert backends and set(backends) == {"pread"} and modeling_utils.safe_open is spy
+    assert mapped.keys() == read.keys() and all(torch.equal(mapped[k], read[k]) for k in mapped)
+    full = load_config(None, [f"model.name={tiny_model_dir}"]).model
+    backends.clear()
+    load_base_model(full)
+    assert set(backends) == {"mmap"}, "a full-precision base keeps its zero-copy mapped weights"
+
+
+@pytest.mark.parametrize("precision, expected", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_frozen_embedding_and_head_stay_in_the_autocast_dtype(tiny_model_dir, precision, expected):
+    """After peft's k-bit prep (which upcasts them to fp32), the frozen embedding and LM head go back to the
+    bf16 autocast dtype; norms stay fp32, and fp32 training keeps everything fp32."""
+    from chattune.model.load import load_base_model
+    from chattune.model.quant import compute_dtype, prepare_for_training
+
+    model_cfg = load_config(None, [f"model.name={tiny_model_dir}", "model.quantize=4bit"]).model
+    base = load_base_model(model_cfg, dtype=compute_dtype(precision), compute_dtype=compute_dtype(precision))
+    base = prepare_for_training(base, False, compute_dtype(precision))
+    assert base.get_input_embeddings().weight.dtype == expected
+    assert base.get_output_embeddings().weight.dtype == expected
+    norms = [p for n, p in base.named_parameters() if "norm" in n]
+    assert norms and all(p.dtype == torch.float32 for p in norms)

@@ -71,3 +71,24 @@ def test_missing_template_is_an_error(tokenizer):
 
     with pytest.raises(TemplateError, match="no chat template"):
         encode_conversation(NoTemplate(), [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], set())
+
+
+def test_spans_from_the_encoding_equal_spans_from_the_offsets_list(tokenizer):
+    """encode_batch locates answers with char_to_token; the rule is _spans_from_offsets', for every span
+    of a text with CJK, emoji (several byte pieces per character), spaces, newlines and special tokens."""
+    from chattune.data.templates import TemplateError, _spans_from_encoding, _spans_from_offsets
+
+    text = "<|im_start|>user\n甄嬛 🙂🙂 say  hi\n\n<|im_end|>\n<|im_start|>assistant\n臣妾做不到啊 ok.<|im_end|>\n"
+    tokenizer("", add_special_tokens=False)
+    encoding = tokenizer._tokenizer.encode(text, add_special_tokens=False)
+    offsets = encoding.offsets
+
+    def located(find, source, span):
+        try:
+            return find(source, [span])
+        except TemplateError:
+            return "no tokens"
+
+    spans = [(lo, hi) for lo in range(len(text)) for hi in range(lo + 1, len(text) + 1)]
+    assert all(located(_spans_from_encoding, encoding, s) == located(_spans_from_offsets, offsets, s) for s in spans)
+    assert len({str(located(_spans_from_offsets, offsets, s)) for s in spans}) > 100  # the spans differ

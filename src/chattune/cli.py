@@ -46,6 +46,15 @@ def _add_generation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default), >0 samples")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: auto")
+    _add_dtype_flag(parser)
+
+
+def _add_dtype_flag(parser: argparse.ArgumentParser) -> None:
+    """--dtype for chat, predict, eval and serve (model/load.py inference_precision; load.INFERENCE_DTYPES)."""
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="precision the model loads in; auto (default): a run dir's training precision where "
+                        "this device runs it natively, else fp32; a plain model: bf16 on CPUs with "
+                        "AMX/AVX512-BF16, bf16/fp16 on CUDA, else fp32")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +132,7 @@ def _add_serve_parser(sub) -> None:
     serve.add_argument("--max-queue", type=int, default=256,
                        help="requests allowed to wait for the generator; more get 503 + Retry-After (default 256)")
     serve.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: auto")
+    _add_dtype_flag(serve)
 
 
 def _add_data_parser(sub) -> None:
@@ -142,17 +152,22 @@ def _add_data_parser(sub) -> None:
 def _add_export_parser(sub) -> None:
     export = sub.add_parser(
         "export", help="merge a run's adapter into its base; write an HF folder or GGUF",
-        description="Merge the LoRA adapter into the base model (merge_and_unload) and write a standard "
-        "HF folder (safetensors, tokenizer, training chat template, generation config) or a GGUF file. "
-        "A fidelity gate first compares the export with base + adapter on held-out prompts (max |logit "
-        "diff| and greedy agreement) and refuses to write past the tolerance unless --force.",
+        description="Merge the LoRA adapter into the base model and write a standard HF folder (safetensors "
+        "shards in the base's dtype, tokenizer, training chat template, generation config) or a GGUF file. "
+        "The HF merge reads the base one safetensors shard at a time where it can (else it merges the whole "
+        "model in fp32, saying why). A fidelity gate first compares the export with base + adapter on "
+        "held-out prompts (max |logit diff| and greedy agreement) and refuses to write past the tolerance "
+        "unless --force.",
     )
     export.add_argument("run_dir", help="a run dir written by chattune train")
     export.add_argument("--out", required=True, help="output folder (written atomically)")
     export.add_argument("--format", default="hf", choices=["hf", "gguf"], help="default: hf")
     export.add_argument("--gguf-dtype", default="f16", choices=["f16", "f32"], help="GGUF weight type (default f16)")
+    export.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"],
+                        help="HF weight type (default: the base's)")
     export.add_argument("--tolerance", type=float, default=None,
-                        help="max |logit diff| allowed (default 1e-3 for hf and gguf f32, 0.5 for gguf f16)")
+                        help="max |logit diff| allowed (default 1e-3 for fp32 hf and gguf f32, 0.5 for bf16/fp16 hf "
+                        "and gguf f16)")
     export.add_argument("--force", action="store_true", help="write even if the gate fails or OUT exists")
 
 
@@ -188,6 +203,7 @@ def _add_eval_parsers(sub) -> None:
     evaluate.add_argument("--batch-size", type=int, default=8, help="prompts per batch (default 8)")
     evaluate.add_argument("--out", help="output folder (default RUN_DIR/eval/DATA-TIME or evals/MODEL-DATA-TIME)")
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: auto")
+    _add_dtype_flag(evaluate)
     evaluate.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE",
                           help="how to read the rows, e.g. --set 'data.prompt=Text: {text}' --set data.response=label "
                           "(repeatable; on top of the run's own data settings)")

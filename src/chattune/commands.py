@@ -113,11 +113,21 @@ def _settings(args: Namespace):
     return GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
 
 
+def _device_and_dtype(args: Namespace) -> tuple[str, str]:
+    """--device resolved, and --dtype as given; a warning when --dtype forces a precision this CPU emulates."""
+    from chattune.model.load import pick_device, slow_precision_warning
+
+    device = pick_device(args.device)
+    if warning := slow_precision_warning(args.dtype, device, setting="--dtype"):
+        Console(stderr=True).print(f"[yellow]warning[/]: {warning}", highlight=False)
+    return device, args.dtype
+
+
 def cmd_chat(args: Namespace) -> int:
     from chattune.infer.chat import ChatModel, repl
-    from chattune.model.load import pick_device
 
-    chat = ChatModel.load(args.target, device=pick_device(args.device))
+    device, dtype = _device_and_dtype(args)
+    chat = ChatModel.load(args.target, device=device, dtype=dtype)
     if args.system:
         chat.system = args.system
     settings = _settings(args)
@@ -149,7 +159,8 @@ def cmd_export(args: Namespace) -> int:
     from chattune.export.pipeline import export_run
 
     try:
-        export_run(args.run_dir, args.out, args.format, args.gguf_dtype, args.tolerance, args.force)
+        export_run(args.run_dir, args.out, args.format, args.gguf_dtype, args.tolerance, args.force,
+                   dtype=args.dtype)
     except ExportError as err:
         Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
         return 1
@@ -158,12 +169,12 @@ def cmd_export(args: Namespace) -> int:
 
 def cmd_predict(args: Namespace) -> int:
     from chattune.infer.predict import run_predict
-    from chattune.model.load import pick_device
 
     if args.batch_size < 1 or args.max_new_tokens < 1:
         Console(stderr=True).print("[bold red]error:[/] --batch-size and --max-new-tokens must be at least 1")
         return 2
-    run_predict(args.target, args.data, args.out, _settings(args), args.batch_size, pick_device(args.device))
+    device, dtype = _device_and_dtype(args)
+    run_predict(args.target, args.data, args.out, _settings(args), args.batch_size, device, dtype=dtype)
     return 0
 
 
@@ -187,7 +198,6 @@ def cmd_eval(args: Namespace) -> int:
     from chattune.config import ConfigError
     from chattune.eval.runner import print_summary, run_eval
     from chattune.metrics import parse_metric_list
-    from chattune.model.load import pick_device
 
     try:
         metrics = parse_metric_list(args.metric)
@@ -196,8 +206,9 @@ def cmd_eval(args: Namespace) -> int:
     labels = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else None
     if labels and "accuracy" not in metrics:
         metrics.append("accuracy")
+    device, dtype = _device_and_dtype(args)
     result = run_eval(args.target, args.data, metrics, labels, args.max_new_tokens, args.batch_size,
-                      pick_device(args.device), args.out, settings=args.set, like=args.like)
+                      device, args.out, settings=args.set, like=args.like, dtype=dtype)
     print_summary(result, Console())
     return 0
 
@@ -235,7 +246,6 @@ def cmd_serve(args: Namespace) -> int:
 
     import uvicorn
 
-    from chattune.model.load import pick_device
     from chattune.serve.app import create_app
     from chattune.serve.registry import RegistryError, load_registry
 
@@ -244,7 +254,7 @@ def cmd_serve(args: Namespace) -> int:
             Console(stderr=True).print(f"[bold red]error:[/] {flag} must be at least 1")
             return 2
     try:
-        registry = load_registry(args.targets, device=pick_device(args.device))
+        registry = load_registry(args.targets, *_device_and_dtype(args))
     except RegistryError as err:
         Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
         return 2

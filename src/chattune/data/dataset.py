@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ from chattune.data.builtin import self_cognition
 from chattune.data.builtin_classify import SOURCE as TOPIC_SOURCE
 from chattune.data.builtin_classify import topic_conversations
 from chattune.data.builtin_general import REPLAY_SOURCE, replay_conversations
-from chattune.data.formats import Conversation, DataError, RowSpec, load_conversations
+from chattune.data.formats import Conversation, DataError, RowSpec, iter_conversations
 from chattune.data.templates import Encoded, encode_conversation
 
 if TYPE_CHECKING:
@@ -64,18 +65,24 @@ def load_data_conversations(data_cfg: DataConfig, seed: int, errors: list[DataEr
     seeded sample for the fraction). Each Conversation's meta["origin"] names its source.
     """
     mixed = []
-    for number, (path, weight) in enumerate(_sources(data_cfg)):
+    for number, (path, weight) in enumerate(source_weights(data_cfg)):
         mixed += weighted(load_source(data_cfg, path, seed, errors), weight, seed + number)
     return mixed
 
 
-def _sources(data_cfg: DataConfig) -> list[tuple[str, float]]:
+def source_weights(data_cfg: DataConfig) -> list[tuple[str, float]]:
+    """(path, weight) of each training source: data.sources, else data.path once."""
     if data_cfg.sources:
         return [(source.path, source.weight) for source in data_cfg.sources]
     return [(data_cfg.path, 1.0)]
 
 
 def load_source(data_cfg: DataConfig, path: str, seed: int, errors=None) -> list[Conversation]:
+    return list(iter_source(data_cfg, path, seed, errors))
+
+
+def iter_source(data_cfg: DataConfig, path: str, seed: int, errors=None) -> Iterator[Conversation]:
+    """One source's conversations, each with meta["origin"] = `path`; a file is read row by row (JSONL streams)."""
     if path == BUILTIN_SOURCE:
         convs = self_cognition(data_cfg.name, data_cfg.author, size=data_cfg.size, seed=seed)
         if data_cfg.system:
@@ -86,10 +93,10 @@ def load_source(data_cfg: DataConfig, path: str, seed: int, errors=None) -> list
     elif path.startswith("builtin:"):
         raise DataError(path, f"unknown built-in dataset; available: {BUILTIN_SOURCE}, {TOPIC_SOURCE}")
     else:
-        convs = load_conversations(Path(path), spec=row_spec(data_cfg), errors=errors)
+        convs = iter_conversations(Path(path), row_spec(data_cfg), errors)
     for conv in convs:
         conv.meta["origin"] = path
-    return convs
+        yield conv
 
 
 def weighted(convs: list[Conversation], weight: float, seed: int) -> list[Conversation]:
@@ -110,7 +117,7 @@ def load_splits(data_cfg: DataConfig, seed: int, errors: list[DataError] | None 
         train = load_data_conversations(data_cfg, seed, errors)
         return train + replay, load_source(data_cfg, data_cfg.eval_path, seed, errors)
     train, eval_ = [], []
-    for number, (path, weight) in enumerate(_sources(data_cfg)):
+    for number, (path, weight) in enumerate(source_weights(data_cfg)):
         part_train, part_eval = split_eval(load_source(data_cfg, path, seed, errors), data_cfg.eval_ratio, seed)
         train += weighted(part_train, weight, seed + number)
         eval_ += part_eval

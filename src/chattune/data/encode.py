@@ -50,26 +50,21 @@ def features():
     })
 
 
-def encode_all(convs, tokenizer, settings: EncodeSettings, work: Path | None = None, num_proc: int | None = None):
-    """One table row per conversation, in order; written to `work`/encoded*.arrow when given."""
+def encode_all(rows, tokenizer, settings: EncodeSettings, work: Path | None = None, num_proc: int | None = None):
+    """One encoded row per row of `rows` (rowtable.py's table), in order; written to `work`/encoded*.arrow when given."""
     from datasets import Dataset
 
-    if not convs:  # map would hand back the input columns unchanged
+    if not len(rows):  # map would hand back the input columns unchanged
         return Dataset.from_dict({name: [] for name in features()}, features=features())
-    table = Dataset.from_dict({
-        "source": [c.source for c in convs],
-        "roles": [[m["role"] for m in c.messages] for c in convs],
-        "contents": [[m["content"] for m in c.messages] for c in convs],
-    })
-    if work is None or len(convs) < PARALLEL_MIN_ROWS:
+    if work is None or len(rows) < PARALLEL_MIN_ROWS:
         num_proc = None
     elif num_proc is None:
         num_proc = min(len(os.sched_getaffinity(0)), MAX_PROCESSES)
-    with _progress_bar(len(convs) >= PARALLEL_MIN_ROWS), _same_os_environ():
-        return table.map(
+    with _progress_bar(len(rows) >= PARALLEL_MIN_ROWS), _same_os_environ():
+        return rows.map(
             encode_rows, batched=True, batch_size=BATCH_SIZE, num_proc=num_proc if (num_proc or 1) > 1 else None,
-            remove_columns=["roles", "contents"], features=features(), desc="encode",
-            fn_kwargs={"tokenizer": tokenizer, "settings": settings},
+            remove_columns=[name for name in rows.column_names if name != "source"], features=features(),
+            desc="encode", fn_kwargs={"tokenizer": tokenizer, "settings": settings},
             new_fingerprint=hashlib.sha256(str(work).encode()).hexdigest()[:16],  # skips hashing the tokenizer
             cache_file_name=str(work / ENCODED_FILE) if work else None, keep_in_memory=work is None,
         )

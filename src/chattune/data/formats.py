@@ -8,12 +8,13 @@ It does not tokenize.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Formatter
 from typing import Any
 
-from chattune.data.sources import DataError, read_rows
+from chattune.data.sources import DataError, iter_rows, read_rows
 
 __all__ = ["DataError", "Conversation", "RowSpec", "load_conversations", "read_rows"]
 
@@ -26,6 +27,11 @@ class Conversation:
     messages: list[dict[str, str]]
     source: str  # "file:line", for error messages and reports
     meta: dict[str, Any] = field(default_factory=dict)  # "fields": the row field of each message
+
+    @property
+    def origin(self) -> str:
+        """The source (file or built-in set) this conversation came from; "?" when not recorded."""
+        return self.meta.get("origin", "?")
 
 
 @dataclass
@@ -193,9 +199,12 @@ def load_conversations(
     Fails on the first bad row, unless `errors` is a list: then bad rows (and undecodable
     lines) are appended to it and skipped, so a lint can report them all.
     """
-    spec = spec or RowSpec(format=fmt, system=default_system)
-    conversations = []
-    for line, row in read_rows(path, errors):
+    return list(iter_conversations(path, spec or RowSpec(format=fmt, system=default_system), errors))
+
+
+def iter_conversations(path: Path, spec: RowSpec, errors: list[DataError] | None = None) -> Iterator[Conversation]:
+    """load_conversations one row at a time (sources.iter_rows: JSONL streams)."""
+    for line, row in iter_rows(path, errors):
         where = f"{path}:{line}"
         try:
             messages, fields = row_to_messages(row, where, spec)
@@ -205,5 +214,4 @@ def load_conversations(
                 raise
             errors.append(err)
             continue
-        conversations.append(Conversation(messages, where, {"fields": fields}))
-    return conversations
+        yield Conversation(messages, where, {"fields": fields})

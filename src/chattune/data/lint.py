@@ -17,16 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
-from chattune.data.dataset import (
-    SKIPPED_KEPT,
-    DataStats,
-    clip_length,
-    clip_long_messages,
-    load_splits,
-)
+from chattune.data.dataset import SKIPPED_KEPT, DataStats, clip_length
 from chattune.data.encode import EncodeSettings, encode_all, read_facts
 from chattune.data.formats import Conversation, DataError
 from chattune.data.named_templates import TemplateChoice, apply_template, choose_template
+from chattune.data.rowtable import row_refs, split_rows, write_rows
 from chattune.data.templates import TemplateError, special_texts
 
 if TYPE_CHECKING:
@@ -120,34 +115,40 @@ def lint_data(data_cfg: DataConfig, tokenizer, seed: int) -> CheckedData:
 
 def check_data(data_cfg: DataConfig, tokenizer, seed: int, report: LintReport, stops: set[int], work=None,
                num_proc: int | None = None) -> CheckedData:
-    """Load every source collecting row errors, encode each distinct example once, then check it.
+    """Stream every source into a row table collecting row errors, encode each row once, then check it.
 
     File-level problems (missing, empty, a broken JSON array) raise DataError at once.
-    The tokenizer must already carry the chosen template; `work` keeps the encoded table on disk.
+    The tokenizer must already carry the chosen template; `work` keeps the tables on disk.
+    Findings come in dataset.load_splits' order: row errors, clipped messages, then each
+    distinct example of train and eval, then duplicates.
     """
     row_errors: list[DataError] = []
-    train, eval_ = load_splits(data_cfg, seed, row_errors)
+    rows = write_rows(data_cfg, seed, row_errors, clip_length(tokenizer, data_cfg.max_length), work)
     for err in row_errors:
         report.row_problem(err.where, str(err).removeprefix(f"{err.where}: "), _row_error_kind(str(err)))
-    warn_clipped(report, clip_long_messages(train + eval_, clip_length(tokenizer, data_cfg.max_length)),
-                 data_cfg.max_length)
-    unique = list({id(c): c for c in train + eval_}.values())  # weighted copies once
+    refs = row_refs(rows.table)
+    train_rows, eval_rows = split_rows(rows, data_cfg, seed)
+    order = list(dict.fromkeys(train_rows + eval_rows))  # weighted copies once, first seen first
+    position = {row: i for i, row in enumerate(order)}
+    clipped = sorted((c for c in rows.clipped if c[0] in position), key=lambda c: position[c[0]])
+    warn_clipped(report, [(refs[row], index, chars) for row, index, chars in clipped], data_cfg.max_length)
     settings = EncodeSettings(tuple(sorted(stops)), data_cfg.mask, data_cfg.max_length, data_cfg.truncation,
                               tuple(special_texts(tokenizer)))
-    encoded = encode_all(unique, tokenizer, settings, work, num_proc)
+    encoded = encode_all(rows.table, tokenizer, settings, work, num_proc)
     facts = read_facts(encoded)
     names = ", ".join(repr(tokenizer.convert_ids_to_tokens(i)) for i in sorted(stops)) or "none"
     lengths = {}
-    for row, conv in enumerate(unique):
-        lengths[conv.source] = check_example(report, conv, facts, row, data_cfg, names)
+    for row in order:
+        lengths[refs[row].source] = check_example(report, refs[row], facts, row, data_cfg, names)
         if facts["special_at"][row] >= 0:
-            warn_special_text(report, conv, facts["special_at"][row], facts["specials"][row])
-    rows = {id(c): row for row, c in enumerate(unique)}
-    check_duplicates(report, train, [facts["dup"][rows[id(c)]] for c in train])
+            warn_special_text(report, refs[row], facts["special_at"][row], facts["specials"][row])
+    train, eval_ = [refs[row] for row in train_rows], [refs[row] for row in eval_rows]
+    check_duplicates(report, train, [facts["dup"][row] for row in train_rows])
     if report.skipped:
         left_out = {f.where for f in report.skipped}
         train, eval_ = ([c for c in part if c.source not in left_out] for part in (train, eval_))
-    return CheckedData(report, train, eval_, {k: v for k, v in lengths.items() if v}, encoded, rows, facts)
+    return CheckedData(report, train, eval_, {k: v for k, v in lengths.items() if v}, encoded,
+                       {id(ref): ref.row for ref in refs}, facts)
 
 
 def warn_clipped(report: LintReport, clipped, max_length: int) -> None:

@@ -5,8 +5,9 @@ to it), load and split the rows, encode each distinct conversation once (encode.
 processes), lint the encoded examples (lint.py), leave out bad rows, truncate or drop, and
 count (DataStats, written as data_stats.json). The result is cached by a key of everything
 that decides it (cache.py), so a second run on the same data and tokenizer skips all of it.
-Train, `data inspect` and lint use it; `prepare_data` is the train stage's step (print the
-findings, refuse errors). Not here: formats, templates (formats.py, templates.py), batching.
+Train, `data inspect`, lint and eval's loss (`prepare_scoring`: one file scored whole) use it;
+`prepare_data` is the train stage's step (print the findings, refuse errors). Prompts for
+generation are read by prompts.py. Not here: formats, templates (formats.py, templates.py), batching.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from chattune.data.lint import (
     template_step,
 )
 from chattune.data.named_templates import apply_template
+from chattune.data.rowtable import ROWS_FILE
+from chattune.data.sources import DataError
 
 
 @dataclass
@@ -73,6 +76,7 @@ def prepare(data_cfg: DataConfig, tokenizer, seed: int, *, cache_mode: bool | No
         meta = summarize(checked, data_cfg)
         if work is None or report.errors:  # errors are fixed before training again: nothing worth keeping
             return from_entry(meta, checked.encoded)
+        (work / ROWS_FILE).unlink(missing_ok=True)  # the rows are encoded now; only the encoded table is kept
         cache.commit(work, key, meta, checked.encoded)
     entry = cache.load_entry(key)  # read back from where it now lives
     return from_entry(*entry, key=key) if entry else from_entry(meta, checked.encoded)
@@ -96,12 +100,12 @@ def summarize(checked: CheckedData, data_cfg: DataConfig) -> dict:
     for split, convs in (("train", checked.train), ("eval", checked.eval)):
         usable = [c for c in convs if c.source not in bad]
         rows = [checked.rows[id(c)] for c in usable]
-        meta["origins"][split] = dict(Counter(c.meta.get("origin", "?") for c in convs))
+        meta["origins"][split] = dict(Counter(c.origin for c in convs))
         meta["usable"][split] = len(rows)
         if split == "train":
             meta["lengths"] = [facts["length"][r] for r in rows if facts["length"][r]]
         if rows:
-            replay = {checked.rows[id(c)] for c in usable if c.meta.get("origin") == REPLAY_SOURCE}
+            replay = {checked.rows[id(c)] for c in usable if c.origin == REPLAY_SOURCE}
             meta["rows"][split], stats = split_stats(rows, facts, replay)
             meta["stats"][split] = stats.to_dict()
     add_skipped(meta["stats"], report, data_cfg)
@@ -158,6 +162,26 @@ def prepare_data(cfg: RunConfig, tokenizer, console: Console) -> Prepared:
         raise nothing_to_train(data.stats.get("train"), cfg.data)
     if data.from_cache:
         console.print(f"[dim]data: {len(data.train)} examples from the cache ({cache.cache_root() / data.key})[/]")
+    return data
+
+
+def scoring_config(data_cfg: DataConfig, path) -> DataConfig:
+    """`data_cfg` reading the one file `path` whole: no split, no mix, no eval file, no replay rows."""
+    return data_cfg.model_copy(update={"path": str(path), "sources": None, "eval_path": None,
+                                       "eval_ratio": 0.0, "replay": 0})
+
+
+def prepare_scoring(data_cfg: DataConfig, tokenizer, seed: int, path, console: Console) -> Prepared:
+    """prepare() for a file scored whole (`chattune eval --metric loss`): the template, encoding, lint,
+    mask and truncation of training; findings printed, errors and a file with nothing to score raised."""
+    data = prepare(scoring_config(data_cfg, path), tokenizer, seed)
+    for line in data.report.summary_lines():
+        console.print(line, highlight=False)
+    data.report.raise_if_errors()
+    if not data.train:
+        stats = data.stats.get("train") or {}
+        raise DataError(str(path), f"no example left to score the loss on (dropped {stats.get('dropped', 0)} "
+                        f"{stats.get('drop_reasons', {})}, skipped {stats.get('skipped', 0)})")
     return data
 
 

@@ -11,8 +11,11 @@ import codecs
 import csv
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+BATCH_ROWS = 10_000  # rows of a Parquet file or saved dataset read at a time
 
 
 class DataError(ValueError):
@@ -30,29 +33,53 @@ def read_rows(path: Path, errors: list[DataError] | None = None) -> list[tuple[i
     with the wrong cell count) raises, unless `errors` is a list: then it is appended and
     the row skipped. Whole-file problems (missing, empty, a broken JSON array) always raise.
     """
+    return list(iter_rows(path, errors))
+
+
+def iter_rows(path: Path, errors: list[DataError] | None = None) -> Iterator[tuple[int, Any]]:
+    """read_rows, one row at a time: JSONL is read line by line (never whole, so a file larger than
+    memory streams), a saved dataset and Parquet batch by batch; JSON arrays and CSV are read whole."""
     if not path.exists():
         if path.is_symlink():
             raise DataError(str(path), "a symbolic link that leads nowhere (a loop, or its target is missing)")
         raise DataError(str(path), f"file not found; check the path (relative paths start in {Path.cwd()})")
     if path.is_dir():
-        return _saved_dataset_rows(path)
+        yield from _saved_dataset_rows(path)
+        return
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        return _parquet_rows(path)
+        yield from _parquet_rows(path)
+        return
+    head = _head(path)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise DataError(f"{path}:1", "the file is UTF-16; re-save it as UTF-8")
+    if suffix in (".csv", ".tsv"):
+        raw = _whole(path)
+        yield from _csv_rows(path, _decode(path, raw), delimiter="\t" if suffix == ".tsv" else ",", errors=errors)
+    elif suffix == ".jsonl" or not head.removeprefix(codecs.BOM_UTF8).lstrip().startswith(b"["):
+        yield from _jsonl_rows(path, errors)
+    else:
+        yield from _json_array_rows(path, _decode(path, _whole(path)))
+
+
+def _head(path: Path, size: int = 1 << 16) -> bytes:
+    """The first bytes of the file (to tell its kind); an empty or all-blank file is an error."""
     try:
-        raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+        with path.open("rb") as handle:
+            head = handle.read(size)
+            blank = not head.removeprefix(codecs.BOM_UTF8).strip()
+            while blank and (more := handle.read(1 << 20)):
+                blank = not more.strip()
     except PermissionError:
         raise DataError(str(path), "cannot read the file (permission denied); make it readable (chmod +r) "
                                    "or copy it somewhere you can read") from None
-    if not raw.strip():
+    if blank:
         raise DataError(str(path), "file is empty; it needs at least one row")
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise DataError(f"{path}:1", "the file is UTF-16; re-save it as UTF-8")
-    if suffix in (".csv", ".tsv"):
-        return _csv_rows(path, _decode(path, raw), delimiter="\t" if suffix == ".tsv" else ",", errors=errors)
-    if suffix == ".jsonl" or not raw.lstrip().startswith(b"["):
-        return _jsonl_rows(path, raw, errors)
-    return _json_array_rows(path, _decode(path, raw))
+    return head
+
+
+def _whole(path: Path) -> bytes:
+    return path.read_bytes().removeprefix(codecs.BOM_UTF8)
 
 
 def _decode(path: Path, raw: bytes) -> str:
@@ -69,20 +96,20 @@ def _row_problem(errors: list[DataError] | None, problem: DataError) -> None:
     errors.append(problem)
 
 
-def _jsonl_rows(path: Path, raw: bytes, errors: list[DataError] | None) -> list[tuple[int, Any]]:
-    """One JSON value per line, split on \\n only: str.splitlines would also cut at U+2028 inside a string."""
-    rows = []
-    for number, line in enumerate(raw.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append((number, json.loads(line.decode("utf-8"))))
-        except UnicodeDecodeError as err:
-            message = f"not UTF-8 (byte {line[err.start]:#x} at byte {err.start + 1} of the line); re-save the file as UTF-8"
-            _row_problem(errors, DataError(f"{path}:{number}", message))
-        except json.JSONDecodeError as err:
-            _row_problem(errors, DataError(f"{path}:{number}", f"invalid JSON ({err.msg} at column {err.colno})"))
-    return rows
+def _jsonl_rows(path: Path, errors: list[DataError] | None) -> Iterator[tuple[int, Any]]:
+    """One JSON value per line, split on \\n only (binary lines): str.splitlines would also cut at U+2028 inside a string."""
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.removeprefix(codecs.BOM_UTF8) if number == 1 else line
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                message = f"not UTF-8 (byte {line[err.start]:#x} at byte {err.start + 1} of the line); re-save the file as UTF-8"
+                _row_problem(errors, DataError(f"{path}:{number}", message))
+            except json.JSONDecodeError as err:
+                _row_problem(errors, DataError(f"{path}:{number}", f"invalid JSON ({err.msg} at column {err.colno})"))
 
 
 _ARRAY_FIX = "fix the file here (a JSON array is read whole; in JSONL, data.on_error=skip can skip a bad line)"
@@ -148,18 +175,24 @@ def _csv_rows(path: Path, text: str, delimiter: str, errors=None) -> list[tuple[
         line = reader.line_num + 1
 
 
-def _parquet_rows(path: Path) -> list[tuple[int, Any]]:
+def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS)
+        number = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                number += 1
+                yield number, row
+    except DataError:
+        raise
     except Exception as err:  # pyarrow raises several types for a corrupt file
         raise DataError(str(path), f"cannot read Parquet ({err})") from None
-    return list(enumerate(table.to_pylist(), start=1))
 
 
-def _saved_dataset_rows(path: Path) -> list[tuple[int, Any]]:
-    """A folder written by `datasets.save_to_disk` (a Dataset, or a DatasetDict's train split)."""
+def _saved_dataset_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """A folder written by `datasets.save_to_disk` (a Dataset, or a DatasetDict's train split), memory-mapped."""
     if not ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
         raise DataError(str(path), "is a folder but not one written by datasets.save_to_disk; give a file")
     from datasets import DatasetDict, load_from_disk
@@ -169,4 +202,7 @@ def _saved_dataset_rows(path: Path) -> list[tuple[int, Any]]:
         if "train" not in dataset:
             raise DataError(str(path), f"saved DatasetDict has no 'train' split (splits: {', '.join(dataset)})")
         dataset = dataset["train"]
-    return list(enumerate(dataset.to_list(), start=1))
+    for start in range(0, len(dataset), BATCH_ROWS):
+        batch = dataset[start:start + BATCH_ROWS]
+        for offset in range(len(next(iter(batch.values()), []))):
+            yield start + offset + 1, {name: values[offset] for name, values in batch.items()}

@@ -12,6 +12,7 @@ control token. This module does not read files or truncate; dataset.py does.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -126,29 +127,64 @@ def encode_batch(tokenizer, conversations: list[list[dict]], stop_ids: set[int],
         if isinstance(item, TemplateError):
             out.append(item)
             continue
-        ids, offsets = next(encodings)
+        ids, locate = next(encodings)
         try:
-            out.append(_labelled(ids, _spans_from_offsets(offsets, item[1]), stop_ids, mask))
+            out.append(_labelled(ids, locate(item[1]), stop_ids, mask))
         except TemplateError as err:
             out.append(err)
     return out
 
 
-def _encode_texts(tokenizer, texts: list[str]) -> list[tuple[list[int], list]]:
-    """(ids, offsets) per text, as tokenizer(text, add_special_tokens=False, return_offsets_mapping=True).
+def _encode_texts(tokenizer, texts: list[str]) -> list[tuple[list[int], object]]:
+    """(ids, locate) per text: the ids of tokenizer(text, add_special_tokens=False), and a function
+    from character spans to token spans (_spans_from_offsets' rule).
 
     A call on "" first puts the Rust tokenizer in the state that call sets (no padding or
     truncation, special-token splitting as configured); then its encode_batch runs directly,
-    without transformers building a dict of lists per text (half the tokenizing time).
+    without transformers building a dict of lists per text (half the tokenizing time). Spans are
+    located with the Encoding's char_to_token instead of its offsets list, whose conversion to
+    Python tuples cost as much as tokenizing itself (huanhuan x3: 0.44 s against 0.47 s, Zen 5).
     """
     if not texts:
         return []
     backend = getattr(tokenizer, "_tokenizer", None)
     if backend is None or not hasattr(backend, "encode_batch"):
         enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-        return list(zip(map(list, enc["input_ids"]), enc["offset_mapping"], strict=True))
+        return [(list(ids), functools.partial(_spans_from_offsets, offsets))
+                for ids, offsets in zip(enc["input_ids"], enc["offset_mapping"], strict=True)]
     tokenizer("", add_special_tokens=False)
-    return [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False, is_pretokenized=False)]
+    encodings = backend.encode_batch(texts, add_special_tokens=False, is_pretokenized=False)
+    return [(e.ids, functools.partial(_spans_from_encoding, e)) for e in encodings]
+
+
+def _spans_from_encoding(encoding, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """_spans_from_offsets for a tokenizers Encoding, asking it only about the tokens at the span edges."""
+    count = len(encoding)
+    token_spans = []
+    for lo, hi in spans:
+        first = _covering_token(encoding, range(lo, hi))
+        while first is not None and first < count and not _starts_inside(encoding.token_to_chars(first), lo, hi):
+            first = first + 1 if encoding.token_to_chars(first)[0] < hi else None  # straddles lo, or zero-width
+        if first is None or first >= count:
+            raise TemplateError("an assistant answer produced no tokens")
+        while first > 0 and _starts_inside(encoding.token_to_chars(first - 1), lo, hi):
+            first -= 1  # an earlier byte piece of the same character
+        last = _covering_token(encoding, range(hi - 1, lo - 1, -1))
+        while last + 1 < count and encoding.token_to_chars(last + 1)[0] < hi:
+            last += 1  # later byte pieces of the last character
+        while not _starts_inside(encoding.token_to_chars(last), lo, hi):
+            last -= 1  # stops at `first` at the latest
+        token_spans.append((first, last + 1))
+    return token_spans
+
+
+def _covering_token(encoding, chars: range) -> int | None:
+    return next((t for c in chars if (t := encoding.char_to_token(c)) is not None), None)
+
+
+def _starts_inside(offsets: tuple[int, int], lo: int, hi: int) -> bool:
+    start, end = offsets
+    return lo <= start < hi and end > start
 
 
 def _one(tokenizer, messages, stop_ids, mask):

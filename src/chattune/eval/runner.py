@@ -14,18 +14,11 @@ from datetime import datetime
 from pathlib import Path
 
 from chattune import rundir
-from chattune.data.formats import DataError, RowSpec, row_to_messages
-from chattune.data.templates import with_system
-from chattune.infer.predict import load_prompt_rows
+from chattune.config import DataConfig, ModelConfig
+from chattune.data.formats import RowSpec
+from chattune.data.prompts import EvalRow, load_eval_rows
 from chattune.metrics import GENERATION_METRICS, Score, default_labels, score_generation
 from chattune.rundir import EVAL_DIR, EVAL_SUMMARY, PREDICTIONS
-
-
-@dataclass
-class EvalRow:
-    source: str  # file:line
-    prompt: list[dict]  # messages ending with the user turn
-    reference: str | None  # the final assistant answer, when the row has one
 
 
 @dataclass
@@ -35,55 +28,68 @@ class EvalResult:
     rows: list[dict]
 
 
-def row_spec_for(target: str, settings: list[str] | None = None, like: str | None = None) -> RowSpec:
-    """How to read the eval file: as `like` (or the target run dir) was trained, then `settings`.
+def data_config_for(target: str, settings: list[str] | None = None, like: str | None = None) -> DataConfig:
+    """How to read the eval file: the data settings `like` (or the target run dir) was trained with, then `settings`.
 
     `settings` are `data.KEY=VALUE` overrides (data.prompt, data.response, data.system,
     data.columns, data.format), so a base model and a run read one raw task file the same way.
     """
     from chattune.config import ConfigError, load_config
-    from chattune.data.dataset import row_spec
 
     source = like or (target if rundir.is_run_dir(target) else None)
     for item in settings or []:
         if not item.strip().startswith("data."):
             raise ConfigError(f"--set {item!r}: only data.* keys say how rows are read (e.g. data.prompt=...)")
     config_file = rundir.open_run_dir(source).path / rundir.CONFIG if source else None
-    return row_spec(load_config(config_file, settings).data)
+    return load_config(config_file, settings).data
 
 
-def load_eval_rows(path: str | Path, spec: RowSpec, need_reference: bool) -> list[EvalRow]:
-    rows = []
-    for prompt_row in load_prompt_rows(path, spec):
-        try:
-            messages, _ = row_to_messages(prompt_row.row, prompt_row.source, spec)
-        except DataError:  # an alpaca row without its answer field: the prompt was valid
-            messages = []
-        reference = messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else None
-        if need_reference and not (reference or "").strip():
-            raise DataError(prompt_row.source, "no reference answer (output / final assistant message) to score against")
-        rows.append(EvalRow(prompt_row.source, prompt_row.messages, reference))
-    if not rows:
-        raise DataError(str(path), "no rows to evaluate")
-    return rows
+def row_spec_for(target: str, settings: list[str] | None = None, like: str | None = None) -> RowSpec:
+    """data_config_for's row shape, columns, task prompt and system prompt."""
+    from chattune.data.dataset import row_spec
+
+    return row_spec(data_config_for(target, settings, like))
+
+
+def scoring_examples(target: str, data: str | Path, data_cfg: DataConfig, like: str | None, console):
+    """The eval file encoded for the loss exactly as training encoded its eval split (data.prepare_scoring):
+    the run's template, mask and truncation; lint findings printed, errors raised before the model loads."""
+    from chattune.data.prepare import prepare_scoring
+    from chattune.model.load import load_tokenizer, open_tokenizer
+
+    run_path = like or (target if rundir.is_run_dir(target) else None)
+    if run_path:
+        run = rundir.open_run_dir(run_path)
+        cfg = run.config()
+        tokenizer = open_tokenizer(str(run.tokenizer), trust_remote_code=cfg.model.trust_remote_code)
+        seed = cfg.seed
+    else:
+        tokenizer, seed = load_tokenizer(ModelConfig(name=target)), 0
+    return prepare_scoring(data_cfg, tokenizer, seed, data, console)
 
 
 def heldout_loss(model, tokenizer, conversations: list[list[dict]], stop_ids: set[int], batch_size: int = 8) -> dict:
-    """Mean cross-entropy over trained (answer) tokens, encoded exactly as in training."""
+    """Mean cross-entropy over trained (answer) tokens of whole conversations, encoded as in training."""
+    from chattune.data.templates import encode_conversation
+
+    encoded = [encode_conversation(tokenizer, messages, stop_ids) for messages in conversations]
+    examples = [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]
+    return examples_loss(model, examples, tokenizer.pad_token_id, batch_size)
+
+
+def examples_loss(model, examples, pad_token_id: int, batch_size: int = 8) -> dict:
+    """Mean cross-entropy over the labelled tokens of {input_ids, labels} examples, padded in batches."""
     import torch
 
     from chattune.data.collate import PadCollator
-    from chattune.data.templates import encode_conversation
     from chattune.train.loss import shifted_lm_loss
 
-    encoded = [encode_conversation(tokenizer, messages, stop_ids) for messages in conversations]
-    collate = PadCollator(tokenizer.pad_token_id)
+    collate = PadCollator(pad_token_id)
     total, count = 0.0, 0
     model.eval()
     with torch.inference_mode():
-        for start in range(0, len(encoded), batch_size):
-            chunk = encoded[start:start + batch_size]
-            batch = collate([{"input_ids": e.input_ids, "labels": e.labels} for e in chunk])
+        for start in range(0, len(examples), batch_size):
+            batch = collate(list(examples[start:start + batch_size]))
             batch = {k: v.to(model.device) for k, v in batch.items()}
             labels = batch.pop("labels")
             n = int((labels[:, 1:] != -100).sum())
@@ -136,26 +142,28 @@ def prediction_records(rows: list[EvalRow], generated, scores: dict[str, Score],
 def run_eval(target: str, data: str | Path, metrics: list[str], labels: list[str] | None = None,
              max_new_tokens: int = 64, batch_size: int = 8, device: str = "cpu",
              out: str | Path | None = None, console=None, settings: list[str] | None = None,
-             like: str | None = None) -> EvalResult:
+             like: str | None = None, dtype: str = "auto") -> EvalResult:
     """Evaluate `target` (run dir or model) on `data`; write and return the results.
 
     Rows are read as `like` (a run dir) or the target run was trained, then `settings` (row_spec_for).
     """
     from rich.console import Console
 
+    from chattune.data.dataset import row_spec
     from chattune.infer.chat import ChatModel
     from chattune.model.generate import generate_all
 
     console = console or Console(stderr=True)
     need_reference = any(m != "stop_rate" for m in metrics)
-    rows = load_eval_rows(data, row_spec_for(target, settings, like), need_reference)  # before the model loads
-    chat = ChatModel.load(target, device=device)
+    data_cfg = data_config_for(target, settings, like)
+    rows = load_eval_rows(data, row_spec(data_cfg), need_reference)  # before the model loads
+    scored = scoring_examples(target, data, data_cfg, like, console) if "loss" in metrics else None
+    chat = ChatModel.load(target, device=device, dtype=dtype)
     if like:
         chat.use_run_format(like)
     extra = {}
-    if "loss" in metrics:  # first: seconds, where generation takes minutes
-        convs = [with_system([*r.prompt, {"role": "assistant", "content": r.reference}], chat.system) for r in rows]
-        extra = heldout_loss(chat.model, chat.tokenizer, convs, chat.stop_ids, batch_size)
+    if scored:  # first: seconds, where generation takes minutes
+        extra = examples_loss(chat.model, scored.train, chat.tokenizer.pad_token_id, batch_size)
     generated, scores = [], {}
     if any(m in GENERATION_METRICS for m in metrics):
         with _progress(console) as progress:
@@ -175,6 +183,7 @@ def run_eval(target: str, data: str | Path, metrics: list[str], labels: list[str
         summary["unparseable"] = [rows[i].source for i in scores["accuracy"].unparseable]
     if "loss" in extra:
         summary["trained_tokens"] = extra["trained_tokens"]
+        summary["loss_examples"] = scored.stats["train"]  # as prepare counted them: truncated, dropped, skipped
     records = prediction_records(rows, generated, scores, labels) if generated else []
     out_dir = Path(out) if out else default_out_dir(target, data)
     rundir.write_eval_folder(out_dir, summary, records)

@@ -1,10 +1,9 @@
-"""Export a run dir: merge the LoRA adapter into its base, check fidelity, then write.
+"""Export a run dir: load base + adapter, merge them as one model, write the HF folder's files.
 
-Order of work: load base + adapter -> measure it on held-out prompts -> merge in place
-(`merge_and_unload`, as seed 001 does) -> measure the merged model -> refuse unless the
-gate passes (or --force) -> write a standard HF folder (or a GGUF file, gguf_writer.py)
-atomically. Nothing is written when the gate refuses. A QLoRA run's base is loaded in 4/8 bits
-as in training and dequantized to fp32 before the adapter goes on, so the merge lands there.
+The whole-model merge (`merge_and_unload`, as seed 001 does) holds the base in fp32; pipeline.py
+uses it where shards.py cannot merge shard by shard (QLoRA, AdaLoRA, ...). A QLoRA run's base is
+loaded in 4/8 bits as in training and dequantized to fp32 before the adapter goes on, so the
+merge lands there. Both paths write the same non-weight files (write_model_files).
 """
 
 from __future__ import annotations
@@ -39,11 +38,12 @@ def is_quantized_run(cfg) -> bool:
     return cfg.model.quantize != "none"
 
 
-def load_run(run_path: str | Path) -> LoadedRun:
-    """Base + adapter in fp32 on the CPU; a QLoRA run's base quantized as in training, then dequantized."""
+def load_run(run_path: str | Path, dtype=None) -> LoadedRun:
+    """Base + adapter on the CPU in `dtype` (default fp32); a QLoRA run's base quantized as in
+    training, then dequantized to fp32."""
     import torch
 
-    loaded = rundir.load_for_inference(run_path, device="cpu", dtype=torch.float32, dequantized=True)
+    loaded = rundir.load_for_inference(run_path, device="cpu", dtype=dtype or torch.float32, dequantized=True)
     base = loaded.model.get_base_model()
     stops = stop_token_ids(loaded.tokenizer, getattr(base, "generation_config", None))
     return LoadedRun(loaded.run, loaded.cfg, loaded.tokenizer, loaded.model, stops)
@@ -98,14 +98,25 @@ def training_tokenizer(loaded: LoadedRun):
 
 
 def write_hf_folder(loaded: LoadedRun, out_dir: Path, report: dict) -> None:
-    """Save merged weights (safetensors), tokenizer, training chat template, generation config."""
+    """Save merged weights (safetensors, sharded like save_pretrained), tokenizer, training chat
+    template, generation config."""
     model, tokenizer = loaded.model, training_tokenizer(loaded)
     model.generation_config = generation_config_for(model, tokenizer, loaded.stop_ids)
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / rundir.TEMPLATE).write_text(tokenizer.chat_template or "", encoding="utf-8")
+        write_model_files(tmp, tokenizer)
         write_json_atomic(tmp / REPORT, report)
 
     save_dir_atomic(out_dir, write)
+
+
+def write_model_files(folder: Path, tokenizer, config=None, generation_config=None) -> None:
+    """Tokenizer and training chat template, plus config.json / generation_config.json if given
+    (save_pretrained writes those two with the weights)."""
+    if config is not None:
+        config.save_pretrained(folder)
+    if generation_config is not None:
+        generation_config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / rundir.TEMPLATE).write_text(tokenizer.chat_template or "", encoding="utf-8")

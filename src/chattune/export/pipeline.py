@@ -1,33 +1,46 @@
 """`chattune export`: load a run, measure base + adapter, merge, gate, write HF or GGUF.
 
-The gate compares the artefact that will be shipped (the merged model, or the GGUF file
-loaded back with transformers) against base + adapter. A failed gate raises ExportError
-before anything reaches OUT, unless `force` is set.
+An HF export merges shard by shard where it can (shards.py: the base is read one safetensors
+shard at a time and the output keeps its shards and dtype); otherwise (QLoRA, AdaLoRA, ...:
+the reason is printed) the whole model is merged in fp32 (merge.py). The gate compares the
+artefact that will be shipped (the merged shards loaded back in their dtype, the merged model,
+or the GGUF file loaded back with transformers) against base + adapter, both computed in fp32.
+A failed gate raises ExportError before anything reaches OUT, unless `force` is set.
 """
 
 from __future__ import annotations
 
+import copy
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
+from chattune import rundir
 from chattune.export import fidelity
 from chattune.export.merge import (
     REPORT,
     ExportError,
     LoadedRun,
+    generation_config_for,
     held_out_conversations,
+    is_quantized_run,
     load_run,
     merge,
     training_tokenizer,
     write_hf_folder,
+    write_model_files,
 )
+from chattune.export.shards import NotShardable, ShardPlan, merge_shards, plan_merge, scan_base
 from chattune.io import save_dir_atomic, write_json_atomic
+from chattune.train.memory import trim_heap
 
 # Default max |logit diff| per artefact: fp32 merges differ only by float rounding; f16
-# weights round every weight to 11 significant bits.
-DEFAULT_TOLERANCE = {"hf": 1e-3, "gguf-f32": 1e-3, "gguf-f16": 0.5}
+# weights round every weight to 11 significant bits; a bf16/fp16 HF export rounds each merged
+# weight (W + dW) to 8 / 11 bits.
+DEFAULT_TOLERANCE = {"hf": 1e-3, "hf-16": 0.5, "gguf-f32": 1e-3, "gguf-f16": 0.5}
+DTYPES = ("fp32", "bf16", "fp16")  # --dtype of an HF export; default: the base's
 
 
 @dataclass
@@ -46,14 +59,25 @@ class Check:
 
 
 def export_run(run_path, out, fmt: str = "hf", gguf_dtype: str = "f16", tolerance: float | None = None,
-               force: bool = False, console: Console | None = None) -> list[fidelity.FidelityReport]:
-    """Export `run_path` to the folder `out`; returns the fidelity reports that were printed."""
+               force: bool = False, console: Console | None = None,
+               dtype: str | None = None) -> list[fidelity.FidelityReport]:
+    """Export `run_path` to the folder `out`; returns the fidelity reports that were printed.
+
+    `dtype` (fp32, bf16, fp16; HF only) is the output's weight type, default the base's.
+    """
     console = console or Console(stderr=True)
     out = Path(out)
     if fmt not in ("hf", "gguf"):
         raise ExportError(f"unknown export format {fmt!r}; use hf or gguf")
+    if dtype is not None and (fmt != "hf" or dtype not in DTYPES):
+        raise ExportError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}, with --format hf (GGUF: --gguf-dtype)")
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out}: already exists and is not empty; choose another --out or add --force")
+    if fmt == "hf":
+        plan, why_whole = shard_plan(run_path)
+        if plan is not None:
+            return [_export_shards(run_path, plan, out, _torch_dtype(dtype), tolerance, force, console)]
+        console.print(f"merging the whole model in fp32: {why_whole}", highlight=False)
     loaded = load_run(run_path)
     if fmt == "gguf":
         from chattune.export.gguf_writer import check_supported
@@ -61,16 +85,118 @@ def export_run(run_path, out, fmt: str = "hf", gguf_dtype: str = "f16", toleranc
         check_supported(loaded.model.get_base_model(), loaded.tokenizer)  # fail before the slow part
     check = _measure_reference(loaded, console)
     merge(loaded)
-    merge_tol = DEFAULT_TOLERANCE["hf"] if tolerance is None or fmt == "gguf" else tolerance
-    merged = check.run(loaded, loaded.model, merge_tol)
+    if fmt == "hf":
+        return [_write_whole_model(loaded, check, out, _torch_dtype(dtype), tolerance, force, console, why_whole)]
+    merged = check.run(loaded, loaded.model, DEFAULT_TOLERANCE["hf"])
     _print(console, "merged", merged)
     _gate(merged, force)  # a GGUF of a broken merge is broken too
-    if fmt == "hf":
-        write_hf_folder(loaded, out, {"merged": merged.to_dict(), "forced": force and not merged.passed})
-        console.print(f"[green]wrote[/] {out} (merged HF model)")
-        return [merged]
     gguf_tol = DEFAULT_TOLERANCE[f"gguf-{gguf_dtype}"] if tolerance is None else tolerance
     return [merged, _export_gguf(loaded, check, out, gguf_dtype, gguf_tol, merged, force, console)]
+
+
+def _write_whole_model(loaded: LoadedRun, check: Check, out: Path, dtype, tolerance, force, console,
+                       why: str) -> fidelity.FidelityReport:
+    """The merged model cast to `dtype` (default the base's stored dtype), gated, then saved."""
+    out_dtype = dtype or _stored_dtype(loaded.cfg)
+    if out_dtype is not None:
+        loaded.model.to(out_dtype)
+    merged = check.run(loaded, loaded.model, _tolerance(tolerance, out_dtype))
+    _print(console, "merged", merged)
+    _gate(merged, force, out_dtype)
+    write_hf_folder(loaded, out, {"merged": merged.to_dict(), "forced": force and not merged.passed,
+                                  "merge": {"path": "whole model", "reason": why}})
+    console.print(f"[green]wrote[/] {out} (merged HF model)")
+    return merged
+
+
+def shard_plan(run_path) -> tuple[ShardPlan | None, str]:
+    """(plan, "") when the run's HF export can merge shard by shard, else (None, the reason)."""
+    from chattune.models import resolve_model
+
+    run = rundir.open_run_dir(run_path)
+    rundir.check_adapter_intact(run.adapter)  # before its tensors are read
+    cfg = run.config()
+    if is_quantized_run(cfg):
+        return None, "a QLoRA run merges into the dequantized weights its 4/8-bit layers computed with"
+    if cfg.model.trust_remote_code:
+        return None, "a remote-code model is saved with its code by save_pretrained"
+    try:
+        source = resolve_model(cfg.model.name, cfg.model.revision)
+        return plan_merge(source, cfg.model.revision, run.adapter, tied_modules(cfg.model)), ""
+    except NotShardable as err:
+        return None, str(err)
+
+
+def tied_modules(model_cfg) -> frozenset[str]:
+    """Names of the input embedding and LM head when they share one weight (from a meta skeleton)."""
+    from chattune.model.load import model_skeleton
+
+    skeleton = model_skeleton(model_cfg)
+    inputs, outputs = skeleton.get_input_embeddings(), skeleton.get_output_embeddings()
+    if outputs is None or inputs is None or outputs.weight is not inputs.weight:
+        return frozenset()
+    return frozenset(name for name, module in skeleton.named_modules() if module is inputs or module is outputs)
+
+
+def _export_shards(run_path, plan: ShardPlan, out: Path, dtype, tolerance, force, console) -> fidelity.FidelityReport:
+    """Reference on the base in its own dtype, then merge shard by shard into a temp folder, load
+    that back in the output dtype, gate it, and rename the folder to `out`."""
+    loaded = load_run(run_path, dtype=plan.dtype)  # the base's exact weights, one model in memory
+    check = _measure_reference(loaded, console)
+    out_dtype = dtype or plan.dtype
+    base, tokenizer = loaded.model.get_base_model(), training_tokenizer(loaded)
+    config, generation = copy.deepcopy(base.config), generation_config_for(base, tokenizer, loaded.stop_ids)
+    config.dtype = out_dtype
+    loaded.model = base = None  # freed before the merge: it reads the shards instead
+    gc.collect()
+    console.print(f"merging shard by shard: {len(plan.deltas)} adapted weights in {len(plan.shards)} shard(s)")
+    reports = []
+
+    def write(tmp: Path) -> None:
+        merge_shards(plan, tmp, dtype)
+        write_model_files(tmp, tokenizer, config, generation)
+        trim_heap()  # the merge's freed shard buffers: ~300 MB of RSS under the merged model otherwise (1.1B, bf16)
+        report = check.run(loaded, load_merged(tmp, out_dtype), _tolerance(tolerance, out_dtype))
+        reports.append(report)
+        _print(console, "merged", report)
+        _gate(report, force, out_dtype)
+        write_json_atomic(tmp / REPORT, {"merged": report.to_dict(), "forced": force and not report.passed,
+                                         "merge": {"path": "shards", "shards": len(plan.shards)}})
+
+    save_dir_atomic(out, write)
+    console.print(f"[green]wrote[/] {out} (merged HF model, {len(plan.shards)} shard(s), {str(out_dtype)[6:]})")
+    return reports[0]
+
+
+def load_merged(folder: Path, dtype):
+    """The merged HF folder as a model in `dtype` (the gate measures it computing in fp32)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).eval()
+
+
+def _torch_dtype(name: str | None):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(name)
+
+
+def _stored_dtype(cfg):
+    """The dtype the base's safetensors hold most bytes in; None (fp32) when unknown."""
+    from chattune.models import resolve_model
+
+    try:
+        return scan_base(resolve_model(cfg.model.name, cfg.model.revision), cfg.model.revision).dtype
+    except NotShardable:
+        return None
+
+
+def _tolerance(tolerance: float | None, dtype) -> float:
+    import torch
+
+    if tolerance is not None:
+        return tolerance
+    return DEFAULT_TOLERANCE["hf"] if dtype in (None, torch.float32, torch.float64) else DEFAULT_TOLERANCE["hf-16"]
 
 
 def _measure_reference(loaded: LoadedRun, console: Console) -> Check:
@@ -125,7 +251,8 @@ def _print(console: Console, label: str, report: fidelity.FidelityReport) -> Non
     console.print(f"[{colour}]{label}[/] {report.describe()}", highlight=False)
 
 
-def _gate(report: fidelity.FidelityReport, force: bool) -> None:
+def _gate(report: fidelity.FidelityReport, force: bool, dtype=None) -> None:
+    """Raise ExportError on a failed gate (a warning with `force`); `dtype` is an HF export's."""
     if report.passed:
         return
     if force:
@@ -133,5 +260,16 @@ def _gate(report: fidelity.FidelityReport, force: bool) -> None:
         return
     raise ExportError(
         "fidelity gate failed: the export does not reproduce base + adapter "
-        f"({report.describe()}); nothing was written. Use --force to write it anyway."
+        f"({report.describe()}); nothing was written.{_rounding_hint(dtype)} Use --force to write it anyway."
     )
+
+
+def _rounding_hint(dtype) -> str:
+    import torch
+
+    if dtype not in (torch.bfloat16, torch.float16):
+        return ""
+    name = str(dtype)[6:]
+    return (f" A {name} export rounds each merged weight W + dW to {name}, which drops the parts of dW smaller "
+            "than its rounding step (a small or short-trained adapter loses much of its effect); --dtype fp32 "
+            "keeps them.")

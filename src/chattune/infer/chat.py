@@ -40,17 +40,18 @@ class ChatModel:
     stop_ids: set[int] = field(default_factory=set)
 
     @classmethod
-    def load(cls, target: str, device: str = "cpu") -> ChatModel:
-        """`target` is a run dir (rundir.load_for_inference), or anything models.resolve_model accepts."""
-        from chattune.model.load import load_base_model, load_tokenizer
+    def load(cls, target: str, device: str = "cpu", dtype: str = "auto") -> ChatModel:
+        """`target` is a run dir (rundir.load_for_inference), or anything models.resolve_model accepts;
+        `dtype` is --dtype (auto: model.load.inference_precision)."""
+        from chattune.model.load import inference_dtype, load_base_model, load_tokenizer
 
         if rundir.is_run_dir(target):
-            loaded = rundir.load_for_inference(target, device=device)
+            loaded = rundir.load_for_inference(target, device=device, dtype=dtype)
             model, tokenizer, system = loaded.model, loaded.tokenizer, loaded.cfg.data.system
         else:
             model_cfg = ModelConfig(name=target)
             tokenizer = load_tokenizer(model_cfg)
-            model = load_base_model(model_cfg, device=device)
+            model = load_base_model(model_cfg, dtype=inference_dtype(None, device, dtype), device=device)
             system = None
             model.eval()
         stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None))

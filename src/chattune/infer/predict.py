@@ -1,59 +1,27 @@
 """Batch predictions for a data file: one `prediction` per input row, written as JSONL.
 
-Rows are read with data/formats.py. A row's final assistant answer, if present, is the
-reference: it is kept in the output row but never shown to the model. Prompts are
-generated in batches with left padding and the KV cache, shortest-first to waste little
-padding, and returned in input order. This module does not score predictions.
+Rows are read as prompts by data/prompts.py, as the run was trained (its RowSpec). A row's
+final assistant answer, if present, is the reference: it is kept in the output row but
+never shown to the model. Prompts are generated in batches with left padding and the KV
+cache, shortest-first to waste little padding, and returned in input order. This module
+does not score predictions.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from chattune import rundir
-from chattune.data.formats import DataError, RowSpec, check_conversation, read_rows, row_to_messages
+from chattune.data.formats import DataError, RowSpec
+from chattune.data.prompts import PromptRow, load_prompt_rows
 from chattune.infer.chat import ChatModel, GenerationSettings
 from chattune.io import write_text_atomic
 from chattune.model import generate as batched
 
+__all__ = ["PromptRow", "load_prompt_rows", "predict_all", "run_predict", "write_predictions"]
+
 PREDICT_BATCH_SIZE = 64  # fastest measured for 64 prompts on CPU (bench/README.md); cli.py repeats it, importing nothing
-
-
-@dataclass
-class PromptRow:
-    row: dict[str, Any]  # the input row, unchanged
-    messages: list[dict[str, str]]  # what the model sees: ends with a user turn
-    source: str  # "file:line"
-
-
-def prompt_messages(row: dict, where: str, spec: RowSpec | None = None) -> list[dict]:
-    """The conversation up to the last user turn; a trailing assistant answer is dropped."""
-    spec = spec or RowSpec()
-    answer_key = spec.response if spec.prompt else spec.columns.get("output", "output")
-    chat_shaped = "messages" in row or "conversations" in row
-    if answer_key and not chat_shaped and row.get(answer_key) is None:
-        row = {**row, answer_key: ""}  # no reference answer: a predict-only row
-    messages, fields = row_to_messages(row, where, spec)
-    if messages and messages[-1]["role"] == "assistant":
-        messages, fields = messages[:-1], fields[:-1]
-    # Validate roles by closing the prompt with a placeholder answer.
-    check_conversation([*messages, {"role": "assistant", "content": "-"}], where, [*fields, ""])
-    return messages
-
-
-def load_prompt_rows(path: str | Path, spec: RowSpec | None = None) -> list[PromptRow]:
-    """Read every row of `path`; fails on the first bad row with file:line:field."""
-    path = Path(path)
-    out = []
-    for line, row in read_rows(path):
-        where = f"{path}:{line}"
-        if not isinstance(row, dict):
-            raise DataError(where, f"each row must be a JSON object, got {type(row).__name__}")
-        out.append(PromptRow(row, prompt_messages(row, where, spec), where))
-    return out
 
 
 def predict_all(chat: ChatModel, conversations: list[list[dict]], settings: GenerationSettings,
@@ -73,7 +41,7 @@ def write_predictions(path: str | Path, rows: list[PromptRow], predictions: list
 
 
 def run_predict(target: str, data: str | Path, out: str | Path, settings: GenerationSettings,
-                batch_size: int = PREDICT_BATCH_SIZE, device: str = "cpu", console=None) -> int:
+                batch_size: int = PREDICT_BATCH_SIZE, device: str = "cpu", console=None, dtype: str = "auto") -> int:
     """Read `data`, predict with `target` (run dir or model), write `out`; returns the row count."""
     from rich.console import Console
     from rich.progress import (
@@ -88,7 +56,7 @@ def run_predict(target: str, data: str | Path, out: str | Path, settings: Genera
     rows = load_prompt_rows(data, _row_spec(target))  # bad data fails before the model loads
     if not rows:
         raise DataError(str(data), "no rows to predict")
-    chat = ChatModel.load(target, device=device)
+    chat = ChatModel.load(target, device=device, dtype=dtype)
     with Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as progress:
         task = progress.add_task("predict", total=len(rows))

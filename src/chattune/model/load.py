@@ -6,6 +6,7 @@ because labels come from the template's assistant spans, never from pad ids.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,8 +43,8 @@ def open_tokenizer(source: str, revision: str | None = None, trust_remote_code: 
 
 
 def load_base_model(model_cfg: ModelConfig, dtype=None, device: str = "cpu", compute_dtype=None):
-    """The base model in `dtype` (fp32 by default); with model.quantize, its linear layers in
-    4/8-bit (bitsandbytes) computing in `compute_dtype` (default `dtype`)."""
+    """The base model in `dtype` (fp32 by default), its weights read straight onto `device`; with
+    model.quantize, its linear layers in 4/8-bit (bitsandbytes) computing in `compute_dtype` (default `dtype`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -54,15 +55,55 @@ def load_base_model(model_cfg: ModelConfig, dtype=None, device: str = "cpu", com
     if getattr(model_cfg, "quantize", "none") != "none":
         from chattune.model.quant import bnb_config
 
-        quantized = {"quantization_config": bnb_config(model_cfg, compute_dtype or dtype), "device_map": {"": device}}
-    model = AutoModelForCausalLM.from_pretrained(
-        source,
-        revision=model_cfg.revision,
-        trust_remote_code=model_cfg.trust_remote_code,
-        dtype=dtype,
-        **quantized,
-    )
-    return model if quantized else model.to(device)  # bitsandbytes places quantized weights itself
+        quantized = {"quantization_config": bnb_config(model_cfg, compute_dtype or dtype)}
+    placement = weight_placement(device)
+    with shards_read_not_mapped() if quantized else contextlib.nullcontext():
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            revision=model_cfg.revision,
+            trust_remote_code=model_cfg.trust_remote_code,
+            dtype=dtype,
+            **quantized,
+            **placement,
+        )
+    return model if placement else model.to(device)  # ZeRO-3 only: it partitions the weights itself
+
+
+@contextlib.contextmanager
+def shards_read_not_mapped():
+    """Read safetensors shards with pread instead of mmap while a model loads quantized.
+
+    bitsandbytes quantizes each weight as it is read; with mmap, the small tensors kept as they are
+    (norms) are views into their shard's mapping, so every shard's pages stay resident to the end.
+    Loading the 1.1B bf16 model of bench/scale.py in 4-bit peaked at 2,929 MB RSS with mmap and
+    1,992 MB with pread (Zen 5). pread is transformers' own choice on Windows (modeling_utils picks the
+    backend of `safe_open` by platform); here it is passed to that same call, for this load only.
+    """
+    import transformers.modeling_utils as modeling_utils
+
+    mapped = modeling_utils.safe_open
+
+    def by_pread(*args, **kwargs):
+        return mapped(*args, **{**kwargs, "backend": "pread"})
+
+    modeling_utils.safe_open = by_pread
+    try:
+        yield
+    finally:
+        modeling_utils.safe_open = mapped
+
+
+def weight_placement(device: str) -> dict:
+    """from_pretrained's arguments that read each weight straight onto `device`, without a full copy in CPU
+    memory first. transformers 5 builds the model on the meta device and, given a device_map, places each
+    tensor as it is read (modeling_utils.from_pretrained); it ignores low_cpu_mem_usage, kept for the
+    record. A str device_map "cuda" means cuda:LOCAL_RANK (check_and_set_device_map), so each torchrun
+    process loads onto its own GPU. DeepSpeed ZeRO-3 refuses a device_map: none there ({})."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        return {}
+    return {"device_map": device, "low_cpu_mem_usage": True}
 
 
 def pick_device(preference: str = "auto") -> str:
@@ -104,14 +145,67 @@ def pick_precision(preference: str, device: str) -> str:
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
-def slow_precision_warning(precision: str, device: str) -> str | None:
-    """A warning when bf16/fp16 is forced on a CPU that only emulates it (measured ~100x slower)."""
+INFERENCE_DTYPES = ("auto", "fp32", "bf16", "fp16")  # chat / predict / eval / serve --dtype
+
+
+def torch_dtype(precision: str):
+    """fp32 / bf16 / fp16 as a torch dtype."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def trained_precision(run_cfg, recorded: str | None = None) -> str:
+    """What a run's forward pass computed in: `recorded` (summary.json's precision, train.precision as it
+    resolved on the training device), else train.precision ('auto' when that is all there is). bf16 base
+    weights (train.base_dtype=bf16) make an fp32 run's forward bf16."""
+    precision = recorded or run_cfg.train.precision
+    if precision == "fp32" and run_cfg.train.base_dtype == "bf16":
+        return "bf16"
+    return precision
+
+
+def precision_on_device(precision: str, device: str) -> str:
+    """`precision` where `device` runs it natively, else fp32: bf16 on a GPU without bf16 or on a CPU
+    without AMX/AVX512-BF16 (emulated there: ~85x slower), fp16 on any CPU; 'auto' is pick_precision's."""
+    import torch
+
+    if precision == "auto":
+        return pick_precision("auto", device)
+    if precision == "fp32":
+        return "fp32"
+    if device.split(":")[0] == "cuda":
+        return "fp32" if precision == "bf16" and not torch.cuda.is_bf16_supported() else precision
+    return "bf16" if precision == "bf16" and cpu_has_fast_bf16() else "fp32"
+
+
+def inference_precision(run_cfg, device: str, override: str | None = None, recorded: str | None = None) -> str:
+    """The precision chat, predict, eval and serve load in: `override` (--dtype) unless it is auto; for a
+    run (`run_cfg`, `recorded` as trained_precision reads them) the one it trained in where `device` runs
+    it natively, else fp32; for a plain model (`run_cfg` None) bf16/fp16 on CUDA as pick_precision says,
+    bf16 on CPUs with AMX/AVX512-BF16, else fp32."""
+    if override and override != "auto":
+        if override not in INFERENCE_DTYPES:
+            raise ValueError(f"dtype {override!r}: choose one of {', '.join(INFERENCE_DTYPES)}")
+        return override
+    if run_cfg is None:
+        return pick_precision("auto", device)
+    return precision_on_device(trained_precision(run_cfg, recorded), device)
+
+
+def inference_dtype(run_cfg, device: str, override: str | None = None, recorded: str | None = None):
+    """inference_precision as a torch dtype."""
+    return torch_dtype(inference_precision(run_cfg, device, override, recorded))
+
+
+def slow_precision_warning(precision: str, device: str, setting: str = "train.precision") -> str | None:
+    """A warning when bf16/fp16 is forced (by `setting`) on a CPU that only emulates it (measured ~100x slower)."""
     fast = {"bf16": cpu_has_fast_bf16, "fp16": cpu_has_fast_fp16}.get(precision)
     if device != "cpu" or fast is None or fast():
         return None
     units = "AMX/AVX512-BF16" if precision == "bf16" else "AMX-FP16"
-    return (f"train.precision={precision} on a CPU without {units}: {precision} matmuls are emulated here "
-            "(a bf16 training step ran ~100x slower than fp32 on an AVX2-only CPU); train.precision=auto picks fp32")
+    return (f"{setting}={precision} on a CPU without {units}: {precision} matmuls are emulated here "
+            f"(a bf16 training step ran ~100x slower than fp32 on an AVX2-only CPU); {setting}=auto picks fp32")
 
 
 def model_skeleton(model_cfg: ModelConfig):

@@ -4,6 +4,9 @@ Run dirs over the same base share one model in memory: the first adapter loads w
 `ChatModel.load` (a PeftModel), the others join it (`rundir.join_for_inference`), and `activate`
 switches between them (`set_adapter`, or `disable_adapter` for the plain base) under a lock.
 A request's `model` field is only ever looked up among these names; it never opens a path.
+A shared base loads in the precision its targets agree on (model.load.inference_precision each, --dtype
+overriding), or in fp32 when they differ: fp32 serves a bf16-trained adapter within bf16's rounding,
+where bf16 would add that rounding to an fp32-trained one.
 """
 
 from __future__ import annotations
@@ -105,10 +108,29 @@ def plan(specs: list[str]) -> list[Target]:
     return targets
 
 
-def load_registry(specs: list[str], device: str = "cpu") -> Registry:
+def target_precision(t: Target, device: str, dtype: str = "auto") -> str:
+    """The precision `t` alone would load in (run dir: as it trained; see model.load.inference_precision)."""
+    from chattune.model.load import inference_precision
+
+    if t.run is None:
+        return inference_precision(None, device, dtype)
+    return inference_precision(t.run.config(), device, dtype, recorded=t.run.summary().get("precision"))
+
+
+def group_precisions(targets: list[Target], device: str, dtype: str = "auto") -> dict[tuple, str]:
+    """Per base: the precision its targets agree on, else fp32."""
+    wanted: dict[tuple, set[str]] = {}
+    for t in targets:
+        wanted.setdefault(t.base_key, set()).add(target_precision(t, device, dtype))
+    return {key: choices.pop() if len(choices) == 1 else "fp32" for key, choices in wanted.items()}
+
+
+def load_registry(specs: list[str], device: str = "cpu", dtype: str = "auto") -> Registry:
+    """Load every target: `dtype` is --dtype (auto: per base, see group_precisions)."""
     import time
 
     targets = plan(specs)
+    precisions = group_precisions(targets, device, dtype)
     groups: dict[tuple, ModelGroup] = {}
     served: dict[str, Served] = {}
     created = int(time.time())
@@ -116,7 +138,7 @@ def load_registry(specs: list[str], device: str = "cpu") -> Registry:
     for t in sorted(targets, key=lambda t: t.run is None):
         group = groups.get(t.base_key)
         if t.run is not None:
-            chat, adapter = _load_run(t, group, device)
+            chat, adapter = _load_run(t, group, device, precisions[t.base_key])
             if group is None:
                 group = groups[t.base_key] = ModelGroup(chat.model)
             group.adapters[t.name] = adapter
@@ -125,16 +147,16 @@ def load_registry(specs: list[str], device: str = "cpu") -> Registry:
             chat = _chat_on(group.model, t.spec)
             served[t.name] = Served(t.name, chat, group, None, created)
         else:
-            chat = ChatModel.load(t.spec, device=device)
+            chat = ChatModel.load(t.spec, device=device, dtype=precisions[t.base_key])
             groups[t.base_key] = group = ModelGroup(chat.model)
             served[t.name] = Served(t.name, chat, group, None, created)
     return Registry({t.name: served[t.name] for t in targets})
 
 
-def _load_run(t: Target, group: ModelGroup | None, device: str) -> tuple[ChatModel, str]:
-    """A ChatModel for the run; loads the base only for the first run of a group."""
+def _load_run(t: Target, group: ModelGroup | None, device: str, dtype: str) -> tuple[ChatModel, str]:
+    """A ChatModel for the run; loads the base (in `dtype`) only for the first run of a group."""
     if group is None:
-        chat = ChatModel.load(t.spec, device=device)
+        chat = ChatModel.load(t.spec, device=device, dtype=dtype)
         return chat, chat.model.active_adapter
     from chattune.data.templates import stop_token_ids
 

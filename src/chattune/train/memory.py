@@ -62,3 +62,14 @@ def bound_allocator_caches() -> dict[str, int]:
     if libc is not None and "MALLOC_ARENA_MAX" not in os.environ and libc.mallopt(M_ARENA_MAX, 1):
         bounded["malloc_arenas"] = 1
     return bounded
+
+
+def trim_heap() -> bool:
+    """Hand the heap's free pages back to the OS now (glibc malloc_trim); True if any were.
+
+    Called once after a quantized base loads: the shards read for it (model.load.shards_read_not_mapped)
+    leave freed buffers in the heap. On bench/scale.py's 1.1B bf16 model in 4-bit, RSS after loading
+    went 1,560 -> 1,272 MB (Zen 5).
+    """
+    libc = _glibc()
+    return bool(libc is not None and hasattr(libc, "malloc_trim") and libc.malloc_trim(0))
