@@ -77,8 +77,11 @@ def steps(model: Path, work: Path) -> list[tuple[str, list[str]]]:
         # --force: a random model's next-token scores are near ties, so greedy agreement is noise here (the gate
         # still runs and its line is in the log); the merge itself is checked by tests/test_export_shards.py
         ("export", [*chattune, "export", str(lora), "--out", str(export), "--force"]),
-        ("chat (run dir)", [*chattune, "chat", str(lora), "--prompt", "Who are you?", "--max-new-tokens", "8"]),
-        ("chat (export)", [*chattune, "chat", str(export), "--prompt", "Who are you?", "--max-new-tokens", "8"]),
+        # bf16 explicitly: on a CPU `auto` loads fp32 (model/load.py inference_precision); the target is bf16's
+        ("chat (run dir)", [*chattune, "chat", str(lora), "--dtype", "bf16", "--prompt", "Who are you?",
+                            "--max-new-tokens", "8"]),
+        ("chat (export)", [*chattune, "chat", str(export), "--dtype", "bf16", "--prompt", "Who are you?",
+                           "--max-new-tokens", "8"]),
     ]
 
 

@@ -261,19 +261,3 @@ def test_a_quantized_load_reads_shards_by_pread_and_gets_the_same_weights(tiny_m
     backends.clear()
     load_base_model(full)
     assert set(backends) == {"mmap"}, "a full-precision base keeps its zero-copy mapped weights"
-
-
-@pytest.mark.parametrize("precision, expected", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
-def test_frozen_embedding_and_head_stay_in_the_autocast_dtype(tiny_model_dir, precision, expected):
-    """After peft's k-bit prep (which upcasts them to fp32), the frozen embedding and LM head go back to the
-    bf16 autocast dtype; norms stay fp32, and fp32 training keeps everything fp32."""
-    from chattune.model.load import load_base_model
-    from chattune.model.quant import compute_dtype, prepare_for_training
-
-    model_cfg = load_config(None, [f"model.name={tiny_model_dir}", "model.quantize=4bit"]).model
-    base = load_base_model(model_cfg, dtype=compute_dtype(precision), compute_dtype=compute_dtype(precision))
-    base = prepare_for_training(base, False, compute_dtype(precision))
-    assert base.get_input_embeddings().weight.dtype == expected
-    assert base.get_output_embeddings().weight.dtype == expected
-    norms = [p for n, p in base.named_parameters() if "norm" in n]
-    assert norms and all(p.dtype == torch.float32 for p in norms)

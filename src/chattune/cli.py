@@ -52,9 +52,8 @@ def _add_generation_flags(parser: argparse.ArgumentParser) -> None:
 def _add_dtype_flag(parser: argparse.ArgumentParser) -> None:
     """--dtype for chat, predict, eval and serve (model/load.py inference_precision; load.INFERENCE_DTYPES)."""
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                        help="precision the model loads in; auto (default): a run dir's training precision where "
-                        "this device runs it natively, else fp32; a plain model: bf16 on CPUs with "
-                        "AMX/AVX512-BF16, bf16/fp16 on CUDA, else fp32")
+                        help="precision the model loads in; auto (default): fp32 on a CPU; on CUDA a run dir's "
+                        "training precision where the GPU runs it, a plain model bf16/fp16 (docs/evaluation.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -221,7 +221,7 @@ def setup_model(cfg: RunConfig, run_path: Path, precision: str, device: str, ada
     """The base in its training dtype (or 4/8-bit) with the run's adapter attached; (model, trainable count)."""
     base = load_base_model(cfg.model, dtype=base_weight_dtype(cfg.train, precision), device=device,
                            compute_dtype=compute_dtype(precision))
-    base = prepare_for_training(base, cfg.train.gradient_checkpointing, compute_dtype(precision))  # QLoRA: k-bit prep
+    base = prepare_for_training(base, cfg.train.gradient_checkpointing)  # model.quantize: peft's k-bit prep
     if cfg.model.quantize != "none":
         from chattune.train.memory import trim_heap
 
