@@ -243,7 +243,7 @@ def load_for_inference(path: str | Path, device: str = "cpu", dtype=None, *, deq
     run = open_run_dir(path)
     cfg = run.config()
     check_adapter_base(run.adapter, resolve_model(cfg.model.name, cfg.model.revision))
-    tokenizer = _run_tokenizer(run, cfg)
+    tokenizer = run_tokenizer(run, cfg)
     base = load_base_model(cfg.model, dtype=_base_dtype(run, cfg, device, dtype, dequantized), device=device)
     if dequantized and cfg.model.quantize != "none":
         from chattune.model.quant import dequantize
@@ -283,7 +283,7 @@ def join_for_inference(path: str | Path, model, adapter_name: str, base: str | N
         model.load_adapter(str(run.adapter), adapter_name=adapter_name)
     model.eval()
     cfg = run.config()
-    return Loaded(run, cfg, model, _run_tokenizer(run, cfg))
+    return Loaded(run, cfg, model, run_tokenizer(run, cfg))
 
 
 def attach_adapter(base, adapter_path: Path, adapter_name: str = "default"):
@@ -306,7 +306,9 @@ def check_adapter_intact(adapter_path: Path) -> None:
                           "use another run, or its last checkpoint (chattune train ... --resume auto)")
 
 
-def _run_tokenizer(run: RunDir, cfg):
+def run_tokenizer(run: RunDir, cfg=None):
+    """The tokenizer a run trained with (its tokenizer folder: chat template and specials as in training)."""
     from chattune.model.load import open_tokenizer
 
+    cfg = cfg or run.config()
     return open_tokenizer(str(run.tokenizer), trust_remote_code=cfg.model.trust_remote_code)

@@ -55,14 +55,13 @@ def scoring_examples(target: str, data: str | Path, data_cfg: DataConfig, like: 
     """The eval file encoded for the loss exactly as training encoded its eval split (data.prepare_scoring):
     the run's template, mask and truncation; lint findings printed, errors raised before the model loads."""
     from chattune.data.prepare import prepare_scoring
-    from chattune.model.load import load_tokenizer, open_tokenizer
+    from chattune.model.load import load_tokenizer
 
     run_path = like or (target if rundir.is_run_dir(target) else None)
     if run_path:
         run = rundir.open_run_dir(run_path)
         cfg = run.config()
-        tokenizer = open_tokenizer(str(run.tokenizer), trust_remote_code=cfg.model.trust_remote_code)
-        seed = cfg.seed
+        tokenizer, seed = rundir.run_tokenizer(run, cfg), cfg.seed
     else:
         tokenizer, seed = load_tokenizer(ModelConfig(name=target)), 0
     return prepare_scoring(data_cfg, tokenizer, seed, data, console)

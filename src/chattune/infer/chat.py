@@ -60,10 +60,7 @@ class ChatModel:
     def use_run_format(self, run_path: str) -> None:
         """Render as `run_path` was trained (its tokenizer, chat template and end-of-turn tokens):
         a base model scored "before" in the format the run learned, e.g. seed 003's plain `<sep>`."""
-        from chattune.model.load import open_tokenizer
-
-        run = rundir.open_run_dir(run_path)
-        self.tokenizer = open_tokenizer(str(run.tokenizer), trust_remote_code=run.config().model.trust_remote_code)
+        self.tokenizer = rundir.run_tokenizer(rundir.open_run_dir(run_path))
         self.stop_ids = stop_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
 
     def prompt_ids(self, messages: list[dict]):
