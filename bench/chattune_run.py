@@ -13,7 +13,7 @@ def run(model_path: str, train_rows: list[dict], out_dir: str, seed: int, overri
     from rich.console import Console
 
     from chattune.config import load_config
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     data = Path(out_dir) / "train.json"
     data.parent.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ def step(model, optimizer, batch, variant) -> int:
     import torch
 
     from chattune.model.attention import use_packed_attention
-    from chattune.train.loss import masked_lm_loss
+    from chattune.training.loss import masked_lm_loss
 
     _, autocast, _, ckpt, skip, _, attn = variant
     if attn == "packed":

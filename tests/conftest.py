@@ -84,7 +84,7 @@ def write_jsonl(tmp_path):
 @pytest.fixture(scope="session")
 def straight(tiny_model_dir, tmp_path_factory):
     """The uninterrupted 6-step resume reference run (read-only: tests copy it before changing it)."""
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
     from resume_helpers import resume_cfg
 
     run_dir = tmp_path_factory.mktemp("straight") / "run"

@@ -12,7 +12,7 @@ from pathlib import Path
 def train_tiny_run(tiny_model_dir: Path, run_dir: Path, seed: int) -> Path:
     """A one-step run dir; a high lr so the adapter visibly changes the tiny model's answers."""
     from chattune.config import load_config
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     cfg = load_config(None, [
         f"model.name={tiny_model_dir}", f"run_dir={run_dir}", f"name={run_dir.name}", "data.size=8",

@@ -44,7 +44,7 @@ def test_valid_keys_round_trip_through_the_saved_config(tmp_path):
 
 
 def _train(model_dir, run_dir, *extra):
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     cfg = load_config(None, [
         f"model.name={model_dir}", f"run_dir={run_dir}", "name=t", "data.size=8", "train.max_steps=2",
@@ -119,7 +119,7 @@ def test_adalora_logs_cross_entropy_apart_from_its_penalty(varied_tiny_model_dir
 
     from chattune.eval.runner import run_eval
     from chattune.model.adapters import ranks_pruned_to_zero
-    from chattune.train.methods import adalora_orth_penalty
+    from chattune.training.methods import adalora_orth_penalty
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -150,7 +150,7 @@ def test_adalora_logs_cross_entropy_apart_from_its_penalty(varied_tiny_model_dir
 
 
 def test_adalora_schedule_too_long_for_the_run_fails_before_loading(tiny_model_dir, tmp_path, monkeypatch):
-    from chattune.train import trainer
+    from chattune.training import trainer
 
     monkeypatch.setattr(trainer, "load_base_model", _must_not_load)
     with pytest.raises(ConfigError, match="run's 2 optimizer steps"):
@@ -158,7 +158,7 @@ def test_adalora_schedule_too_long_for_the_run_fails_before_loading(tiny_model_d
 
 
 def test_total_optimizer_steps_matches_the_trainer():
-    from chattune.train.methods import total_optimizer_steps
+    from chattune.training.methods import total_optimizer_steps
 
     cfg = load_config(None, ["train.batch_size=4", "train.grad_accum=4", "train.epochs=3"]).train
     assert total_optimizer_steps(cfg, 48, world_size=1) == 9  # 12 batches -> 3 steps/epoch

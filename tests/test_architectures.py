@@ -62,7 +62,7 @@ def test_all_linear_discovers_each_architectures_own_layer_names(arch_model_dir)
 
 
 def test_trains_with_discovered_and_explicit_targets(arch_model_dir, tmp_path):
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     kind, path = arch_model_dir
     explicit = {"qwen2": "[q_proj,v_proj]", "gpt_neox": "[query_key_value,dense]"}[kind]
@@ -78,7 +78,7 @@ def test_trains_with_discovered_and_explicit_targets(arch_model_dir, tmp_path):
 
 def test_gpt_neox_names_as_explicit_targets_in_4bit(model_dirs, tmp_path):
     """Seed 003 names its own modules (qkv_proj, out_proj, ...); GPT-NeoX's names work the same way."""
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     path = model_dirs["gpt_neox"]
     outcome = train(_cfg(path, tmp_path / "r", "lora.targets=[query_key_value,dense_h_to_4h]", "model.quantize=4bit"))
@@ -88,7 +88,7 @@ def test_gpt_neox_names_as_explicit_targets_in_4bit(model_dirs, tmp_path):
 
 
 def test_explicit_target_matching_nothing_names_the_models_linear_layers(arch_model_dir, tmp_path, monkeypatch):
-    from chattune.train import trainer
+    from chattune.training import trainer
 
     kind, path = arch_model_dir
     monkeypatch.setattr(trainer, "load_base_model", _must_not_load)
@@ -105,7 +105,7 @@ def _must_not_load(*args, **kwargs):
 
 def test_embedding_target_of_a_tied_model_is_refused_before_loading(tiny_model_dir, tmp_path, monkeypatch):
     """Seed 003 adapts the token embeddings; on a tied model the merged export would change the head too."""
-    from chattune.train import trainer
+    from chattune.training import trainer
 
     monkeypatch.setattr(trainer, "load_base_model", _must_not_load)
     with pytest.raises(ConfigError, match=r"model.embed_tokens is the input embedding .* shares its weight"):

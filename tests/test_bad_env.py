@@ -231,7 +231,7 @@ def _as_unprivileged(work):
 
 
 def test_a_read_only_output_folder_fails_before_training():
-    from chattune.train.trainer import prepare_run_dir
+    from chattune.training.trainer import prepare_run_dir
 
     parent = Path(tempfile.mkdtemp())  # under /tmp, so user nobody can reach it
     try:
@@ -246,7 +246,7 @@ def test_a_read_only_output_folder_fails_before_training():
 
 
 def test_a_full_disk_fails_before_the_tokenizer_loads(tmp_path, monkeypatch):
-    from chattune.train.trainer import prepare_run_dir
+    from chattune.training.trainer import prepare_run_dir
 
     monkeypatch.setattr(shutil, "disk_usage", lambda path: DiskUsage(10 * 2**30, 10 * 2**30 - 2**20, 2**20))
     with pytest.raises(rundir.RunDirError, match=r"only 1.0 MiB free on this disk, but the run needs about 32 MiB"):
@@ -256,7 +256,7 @@ def test_a_full_disk_fails_before_the_tokenizer_loads(tmp_path, monkeypatch):
 
 def test_too_little_space_for_adapter_and_checkpoints_fails_before_the_first_step(tmp_path, tiny_model_dir,
                                                                                   monkeypatch):
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     free = rundir.SPACE_MARGIN + 1  # enough to start, not for this run's adapter and checkpoints
     monkeypatch.setattr(shutil, "disk_usage", lambda path: DiskUsage(10 * 2**30, 10 * 2**30 - free, free))

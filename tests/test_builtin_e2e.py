@@ -19,7 +19,7 @@ def test_builtin_conversion_is_cached_and_complete():
 
 def test_train_builtin_few_steps_then_chat(tmp_path, capsys):
     from chattune.cli import main
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     cfg = load_config("configs/demo.yaml", [
         f"run_dir={tmp_path / 'run'}", "data.size=8", "train.max_steps=3", "train.batch_size=2",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chattune.config import load_config
-from chattune.train.defaults import (
+from chattune.training.defaults import (
     LARGE_MODEL,
     SMALL_MODEL,
     auto_learning_rate,
@@ -36,7 +36,7 @@ def test_explicit_lr_passes_through_and_auto_counts_the_skeleton(tiny_model_dir)
 
 
 def test_run_trains_with_and_records_the_resolved_lr(tiny_model_dir, tmp_path):
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     cfg = load_config(None, [f"model.name={tiny_model_dir}", f"run_dir={tmp_path / 'run'}", "data.size=8",
                              "train.max_steps=1", "train.batch_size=2", "train.grad_accum=1", "train.precision=fp32",

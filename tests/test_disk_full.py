@@ -20,7 +20,7 @@ import torch
 import chattune.io as fileio
 from chattune import rundir
 from chattune.cli import main
-from chattune.train.checkpoints import STAGING_ROOT
+from chattune.training.checkpoints import STAGING_ROOT
 from resume_helpers import TINY, logged_losses, saved_adapter
 
 

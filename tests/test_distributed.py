@@ -12,7 +12,7 @@ import pytest
 
 from chattune import rundir
 from chattune.config import ConfigError, load_config
-from chattune.train import distributed
+from chattune.training import distributed
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ROOT / "configs" / "distributed"
@@ -147,7 +147,7 @@ def test_ddp_backend_and_ranks(monkeypatch):
 
 
 def _args_for(preset: Path, key: str, precision: str = "bf16"):
-    from chattune.train.trainer import build_training_args
+    from chattune.training.trainer import build_training_args
 
     cfg = load_config(None, [f"{key}={preset}", "train.batch_size=2", "train.grad_accum=4", "train.max_grad_norm=0.5",
                              "train.lr=3e-4"])

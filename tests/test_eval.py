@@ -12,7 +12,7 @@ from chattune.config import load_config
 from chattune.eval.runner import heldout_loss, row_spec_for, run_eval
 from chattune.model.generate import generate_all, generate_batch
 from chattune.rundir import EVAL_SUMMARY, PREDICTIONS
-from chattune.train.evaluate import BestTracker, EvalLoop, snapshot_adapter
+from chattune.training.evaluate import BestTracker, EvalLoop, snapshot_adapter
 
 ROWS = [
     {"instruction": "Classify: the striker scored twice.", "output": "sports"},
@@ -155,7 +155,7 @@ def test_early_stopping_and_best_adapter(tiny_model_dir, tmp_path, monkeypatch, 
     """Best at step 2, then two evaluations without improvement: stop at step 4 of 8 and keep step 2."""
     from safetensors.torch import load_file
 
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     snapshots = {}
 
@@ -191,7 +191,7 @@ def test_early_stopping_and_best_adapter(tiny_model_dir, tmp_path, monkeypatch, 
 
 def test_eval_loop_needs_eval_data(tiny_model_dir, tmp_path):
     from chattune.config import ConfigError
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     cfg = load_config(None, [f"model.name={tiny_model_dir}", f"run_dir={tmp_path / 'r'}", "train.metric=accuracy"])
     with pytest.raises(ConfigError, match="data.eval_ratio"):
@@ -236,7 +236,7 @@ def test_base_model_and_run_read_one_raw_task_file_the_same_way(tiny_model_dir, 
     """Seed 002's before/after: --set for a plain model, or --like RUN_DIR, gives the run's own prompts."""
     from chattune.config import ConfigError
     from chattune.data.formats import DataError
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     data = write_jsonl(TASK_ROWS, "task.jsonl")
     run_dir = train(load_config(None, [
@@ -267,7 +267,7 @@ def test_eval_loss_scores_the_tokens_training_trained_on(tiny_model_dir, write_j
     from chattune.data.templates import stop_token_ids, with_system
     from chattune.infer.chat import ChatModel
     from chattune.rundir import open_run_dir
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     long_answer = " ".join(f"word{i}" for i in range(120))
     rows = [*ROWS[:2], {"instruction": "Say many words.", "output": long_answer}]

@@ -14,7 +14,7 @@ from chattune.config import load_config
 def tiny_run(varied_tiny_model_dir, tmp_path_factory):
     """A trained tiny run whose LoRA B weights are then made large, so the adapter matters."""
     from adapter_helpers import strengthen_adapter
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     cfg = load_config(None, [
@@ -68,8 +68,8 @@ def test_hf_export_matches_base_plus_adapter(tiny_run, tmp_path, tokenizer):
 
 @pytest.mark.parametrize("path", ["shards", "whole model"])
 def test_gate_refuses_corrupted_merge_and_writes_nothing(tiny_run, tmp_path, monkeypatch, capsys, path):
-    from chattune.export import merge as merge_module
-    from chattune.export import pipeline, shards
+    from chattune.exporting import merge as merge_module
+    from chattune.exporting import pipeline, shards
 
     def corrupted_merge(loaded):
         merge_module.merge(loaded)
@@ -109,7 +109,7 @@ def test_export_refuses_existing_output(tiny_run, tmp_path):
 
 def test_quantized_runs_are_recognised_by_model_quantize():
     """QLoRA runs merge into their dequantized base (tests/test_qlora.py)."""
-    from chattune.export.merge import is_quantized_run
+    from chattune.exporting.merge import is_quantized_run
 
     assert is_quantized_run(load_config(None, ["model.quantize=4bit"]))
     assert is_quantized_run(load_config(None, ["model.quantize=8bit"]))
@@ -121,7 +121,7 @@ def test_quantized_runs_are_recognised_by_model_quantize():
 def test_gguf_round_trip_greedy_outputs_match(tiny_run, tmp_path, dtype):
     from gguf import GGUFReader
 
-    from chattune.export.pipeline import export_run, gguf_filename, load_gguf
+    from chattune.exporting.pipeline import export_run, gguf_filename, load_gguf
 
     out = tmp_path / f"gguf-{dtype}"
     reports = export_run(tiny_run, out, fmt="gguf", gguf_dtype=dtype)
@@ -154,8 +154,8 @@ def test_gguf_of_tied_embeddings_has_no_output_tensor(tiny_model_dir, tmp_path):
     from gguf import GGUFReader
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from chattune.export.gguf_writer import write_gguf
-    from chattune.export.pipeline import load_gguf
+    from chattune.exporting.gguf_writer import write_gguf
+    from chattune.exporting.pipeline import load_gguf
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     assert model.config.tie_word_embeddings
@@ -169,7 +169,7 @@ def test_gguf_of_tied_embeddings_has_no_output_tensor(tiny_model_dir, tmp_path):
 
 
 def test_held_out_prompts_fall_back_to_the_built_in_set():
-    from chattune.export.merge import held_out_conversations
+    from chattune.exporting.merge import held_out_conversations
 
     cfg = load_config(None, ["data.eval_ratio=0", "data.system=Be brief."])
     convs, source = held_out_conversations(cfg)
@@ -183,7 +183,7 @@ def test_held_out_prompts_fall_back_to_the_built_in_set():
 def test_gguf_writer_refuses_what_it_cannot_express(tokenizer):
     from types import SimpleNamespace
 
-    from chattune.export.gguf_writer import GGUFExportError, check_supported
+    from chattune.exporting.gguf_writer import GGUFExportError, check_supported
 
     def model(**config):
         return SimpleNamespace(config=SimpleNamespace(**{"model_type": "llama", **config}))
@@ -205,7 +205,7 @@ def test_gguf_tensors_match_llama_cpp_own_conversion_of_the_builtin_model():
     from gguf import GGUFReader, dequantize
     from transformers import AutoModelForCausalLM
 
-    from chattune.export.gguf_writer import _tensors
+    from chattune.exporting.gguf_writer import _tensors
     from chattune.models import builtin_gguf_path, resolve_model
 
     reference = GGUFReader(builtin_gguf_path("smollm2-135m-instruct"))

@@ -11,7 +11,7 @@ import torch
 
 from chattune.cli import main
 from chattune.config import load_config
-from chattune.export import shards
+from chattune.exporting import shards
 
 U32 = 2.0**-24  # fp32 unit roundoff
 IDS = torch.tensor([[1, 520, 1110, 3457, 28, 253, 5248, 2]])
@@ -34,7 +34,7 @@ def sharded_base(varied_tiny_model_dir, tmp_path_factory):
 
 def _run(base, run_dir, *extra):
     from adapter_helpers import strengthen_adapter
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     train(load_config(None, [
         f"model.name={base}", f"run_dir={run_dir}", "name=s", "data.size=8", "data.eval_ratio=0.25",
@@ -141,7 +141,7 @@ def test_sharded_export_loads_and_matches_base_plus_adapter(lora_run, sharded_ba
 def test_output_dtype_follows_the_base_and_dtype_overrides(bf16_run, tmp_path):
     from safetensors import safe_open
 
-    from chattune.export.pipeline import shard_plan
+    from chattune.exporting.pipeline import shard_plan
 
     plan, _ = shard_plan(bf16_run)
     assert plan.dtype == torch.bfloat16
@@ -200,7 +200,7 @@ def test_tied_embeddings_stay_tied(tiny_model_dir, lora_run, tmp_path):
     """The tied tiny model has no lm_head.weight in its shards; the merged output loads tied."""
     from transformers import AutoModelForCausalLM
 
-    from chattune.export.pipeline import tied_modules
+    from chattune.exporting.pipeline import tied_modules
 
     base = _save_sharded(tiny_model_dir, tmp_path / "tied", torch.float32)
     assert tied_modules(load_config(None, [f"model.name={base}"]).model) == {"model.embed_tokens", "lm_head"}
@@ -218,7 +218,7 @@ def test_tied_embeddings_stay_tied(tiny_model_dir, lora_run, tmp_path):
 
 
 def test_adalora_falls_back_to_the_whole_model_merge(sharded_base, tmp_path):
-    from chattune.export.pipeline import shard_plan
+    from chattune.exporting.pipeline import shard_plan
 
     run = _run(sharded_base, tmp_path / "run", "lora.method=adalora", "lora.r=4", "lora.adalora_target_r=2")
     plan, reason = shard_plan(run)
@@ -230,7 +230,7 @@ def test_adalora_falls_back_to_the_whole_model_merge(sharded_base, tmp_path):
 
 
 def test_qlora_and_unknown_adapter_tensors_take_the_whole_model_path(lora_run, tmp_path):
-    from chattune.export.pipeline import shard_plan
+    from chattune.exporting.pipeline import shard_plan
 
     run = tmp_path / "q"
     shutil.copytree(lora_run, run)
@@ -269,8 +269,8 @@ def test_the_gate_computes_a_bf16_model_in_fp32_exactly(bf16_run, sharded_base):
     """computing_in_fp32 gives the logits of the model's exact fp32 copy, and leaves its weights bf16."""
     from transformers import AutoModelForCausalLM
 
-    from chattune.export.fidelity import computing_in_fp32
-    from chattune.export.pipeline import shard_plan
+    from chattune.exporting.fidelity import computing_in_fp32
+    from chattune.exporting.pipeline import shard_plan
 
     folder = shard_plan(bf16_run)[0].folder
     low = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
@@ -289,8 +289,8 @@ def test_the_gate_multiplies_large_layers_in_fp32_slices(bf16_run, sharded_base,
     the logits agree to fp32 rounding (64 terms per dot product here: 64 x 2^-24 relative, with margin)."""
     from transformers import AutoModelForCausalLM
 
-    from chattune.export import fidelity
-    from chattune.export.pipeline import shard_plan
+    from chattune.exporting import fidelity
+    from chattune.exporting.pipeline import shard_plan
 
     monkeypatch.setattr(fidelity, "CHUNK_ELEMENTS", 1000)  # every linear layer of the tiny model goes by slices
     folder = shard_plan(bf16_run)[0].folder

@@ -15,7 +15,7 @@ from chattune.data.builtin import GENERAL, HELD_OUT_QUESTIONS, TOPICS
 from chattune.data.builtin_general import GUARD, REPLAY, REPLAY_SOURCE, general_rows, split_rows
 from chattune.data.prepare import prepare_data, report_data
 from chattune.data.templates import IGNORE_INDEX
-from chattune.train.forgetting import (
+from chattune.training.forgetting import (
     KL_WARN,
     forgetting_report,
     guard_examples,
@@ -50,7 +50,7 @@ def test_general_set_splits_are_fixed_disjoint_and_well_formed():
 
 def test_replay_rows_are_seeded_and_a_changed_replay_is_refused_on_resume(tmp_path):
     from chattune.data.builtin_general import replay_conversations
-    from chattune.train.resume import ResumeError, check_same_config
+    from chattune.training.resume import ResumeError, check_same_config
 
     first = [c.messages for c in replay_conversations(10, seed=1)]
     assert first == [c.messages for c in replay_conversations(10, seed=1)] and len(first) == 10
@@ -93,7 +93,7 @@ def test_replay_cycles_past_the_split_and_mixes_with_file_data(tokenizer, write_
 
 @pytest.fixture(scope="module")
 def guarded(tiny_model_dir, tmp_path_factory):
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     run_dir = tmp_path_factory.mktemp("forgetting") / "run"
     cfg = load_config(None, [
@@ -156,7 +156,7 @@ def test_kl_is_zero_for_an_untrained_adapter_and_mode_and_dtype_are_kept(tiny_mo
 
 def test_warning_line_above_the_threshold(guarded, tokenizer, monkeypatch):
     assert forgetting_report(guarded.model, tokenizer, threshold=0.0)["warning"] is True
-    import chattune.train.forgetting as forgetting
+    import chattune.training.forgetting as forgetting
 
     monkeypatch.setattr(forgetting, "KL_WARN", 0.0)
     console = quiet_console()
@@ -174,7 +174,7 @@ def test_report_shows_the_forgetting_guard(guarded):
 
 
 def test_turning_the_guard_off_removes_the_field(tiny_model_dir, tmp_path):
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     cfg = load_config(None, [f"model.name={tiny_model_dir}", f"run_dir={tmp_path / 'off'}", "data.size=4",
                              "train.max_steps=1", "train.precision=fp32", "train.forgetting=false"])

@@ -22,7 +22,7 @@ FP32_REORDERED = 1e3 * 2.0**-24
 
 
 def _train(model_dir, run_dir, *extra):
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     return train(load_config(None, [
         f"model.name={model_dir}", f"run_dir={run_dir}", "data.size=16", "train.max_steps=6", "train.batch_size=4",

@@ -154,7 +154,7 @@ def test_zero3_gets_no_device_map(monkeypatch):
 @pytest.fixture(scope="module")
 def bf16_run(varied_tiny_model_dir, tmp_path_factory):
     """A 6-step run trained in bf16 on the CPU (bf16 base weights, bf16 autocast, LoRA in bf16)."""
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     run_dir = tmp_path_factory.mktemp("bf16") / "bf16-run"
     outcome = train(load_config(None, [
@@ -178,7 +178,7 @@ def _training_forward_logits(run_dir):
     import torch
 
     from chattune import rundir
-    from chattune.train.speed import lora_in_autocast_dtype
+    from chattune.training.speed import lora_in_autocast_dtype
 
     model = rundir.load_for_inference(run_dir, dtype="bf16").model
     assert lora_in_autocast_dtype(model, "bf16") > 0

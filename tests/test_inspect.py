@@ -137,7 +137,7 @@ def test_data_inspect_cli(tmp_path, write_jsonl, capsys, monkeypatch, tiny_model
 
 
 def test_train_refuses_lint_errors_before_loading_the_model(tmp_path, write_jsonl, monkeypatch, tiny_model_dir):
-    from chattune.train import trainer
+    from chattune.training import trainer
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not load when the data has errors")

@@ -1,4 +1,4 @@
-"""train/memory.py: with the mmap threshold fixed, freed activation-sized tensors leave the heap."""
+"""training/memory.py: with the mmap threshold fixed, freed activation-sized tensors leave the heap."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from chattune.train.memory import _glibc
+from chattune.training.memory import _glibc
 
 PROBE = """
 import ctypes, json, sys
 import torch
-from chattune.train.memory import _glibc, release_freed_tensors
+from chattune.training.memory import _glibc, release_freed_tensors
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in
@@ -57,7 +57,7 @@ def test_config_escape_hatch_validates():
 
 ARENAS = """
 import ctypes, threading
-from chattune.train.memory import _glibc, bound_allocator_caches
+from chattune.training.memory import _glibc, bound_allocator_caches
 import sys
 if sys.argv[1] == "bound":
     bound_allocator_caches()
@@ -84,7 +84,7 @@ def test_bounded_allocator_keeps_threads_in_one_arena():
 
 ONEDNN = """
 import torch
-from chattune.train.memory import ONEDNN_CACHE_CAPACITY, bound_allocator_caches
+from chattune.training.memory import ONEDNN_CACHE_CAPACITY, bound_allocator_caches
 bound_allocator_caches()
 w = torch.randn(16, 16, dtype=torch.bfloat16)
 for rows in [*range(1, ONEDNN_CACHE_CAPACITY + 2), 1]:  # one more shape than the cache holds, then the first again
@@ -100,7 +100,7 @@ def test_onednn_primitive_cache_is_bounded_unless_the_user_chose():
     if not creates:
         pytest.skip("torch does not run bf16 matmuls through oneDNN on this CPU: no primitive cache to bound")
     assert ",create:cache_miss," in creates[-1], "the first shape was evicted: the cache holds 64, not 1024"
-    from chattune.train import memory
+    from chattune.training import memory
 
     os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "2048"  # the user's choice stays
     try:

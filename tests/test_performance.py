@@ -92,7 +92,7 @@ def test_masked_logit_loss_equals_standard_loss(tiny_model_dir, examples, collat
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from chattune.train.loss import masked_lm_loss
+    from chattune.training.loss import masked_lm_loss
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
@@ -152,7 +152,7 @@ def _first_step_loss(tiny_model_dir, tmp_path, name, extra):
     import json
 
     from chattune.config import load_config
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     cfg = load_config(None, [
         f"model.name={tiny_model_dir}", f"run_dir={tmp_path / name}", "data.size=8", "train.max_steps=1",
@@ -180,7 +180,7 @@ def test_lora_computes_in_autocast_dtype_without_changing_the_result(tiny_model_
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from chattune.train.speed import lora_in_autocast_dtype
+    from chattune.training.speed import lora_in_autocast_dtype
 
     def build():
         torch.manual_seed(0)

@@ -20,7 +20,7 @@ PRECISIONS = ["bf16", "fp32"]
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_in_training_generation_eval_runs_under_each_precision(tiny_model_dir, tmp_path, precision):
     """configs/classify.yaml's shape: eval_every + a generation metric + patience, with packing."""
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     cfg = load_config(None, [
         f"model.name={tiny_model_dir}", f"run_dir={tmp_path / 'run'}", "data.path=builtin:topic-classify",
@@ -45,7 +45,7 @@ BF16_STAGES = 8
 
 
 def _train_tiny(model_dir, run_dir, *extra):
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     return train(load_config(None, [
         f"model.name={model_dir}", f"run_dir={run_dir}", "data.size=16", "train.max_steps=6", "train.batch_size=4",

@@ -21,7 +21,7 @@ def _cfg(model_dir, run_dir, *extra):
 
 @pytest.fixture(scope="module")
 def qlora_run(varied_tiny_model_dir, tmp_path_factory):
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "qlora"
     return train(_cfg(varied_tiny_model_dir, run_dir, "model.quantize=4bit", "train.optim=adamw_bnb_8bit"))
@@ -137,7 +137,7 @@ def test_export_merges_into_the_dequantized_base(strong_qlora_run, tmp_path, var
 )
 def test_4bit_with_adalora_or_dora(tiny_model_dir, tmp_path, extra):
     """Seed 001 trains AdaLoRA on a 4-bit Baichuan2; DoRA on 4 bits, with gradient checkpointing."""
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     outcome = train(_cfg(tiny_model_dir, tmp_path / "run", "model.quantize=4bit", "data.eval_ratio=0", *extra))
     model = outcome.model
@@ -153,7 +153,7 @@ def test_4bit_with_adalora_or_dora(tiny_model_dir, tmp_path, extra):
 
 
 def test_8bit_run_trains(tiny_model_dir, tmp_path):
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     outcome = train(_cfg(tiny_model_dir, tmp_path / "run", "model.quantize=8bit", "data.eval_ratio=0"))
     layer = outcome.model.get_base_model().model.layers[0].mlp.down_proj
@@ -175,7 +175,7 @@ def test_quantized_linear_layers_are_found_as_targets(tiny_model_dir):
 
 
 def test_paged_optimizer_on_cpu_is_a_note(tmp_path):
-    from chattune.train.methods import check_optimizer
+    from chattune.training.methods import check_optimizer
 
     assert "unpaged" in check_optimizer("paged_adamw_8bit", "cpu")  # bitsandbytes 0.50 falls back on CPU
     assert check_optimizer("adamw_bnb_8bit", "cpu") is None  # its 8-bit state runs on CPU
@@ -185,7 +185,7 @@ def test_optimizer_that_cannot_step_here_is_a_config_error(monkeypatch):
     """How bitsandbytes fails on a device without a kernel (simulated: this CPU has them all)."""
     from transformers import Trainer
 
-    from chattune.train.methods import check_optimizer
+    from chattune.training.methods import check_optimizer
 
     class NoKernel(torch.optim.SGD):
         def step(self, closure=None):
@@ -199,7 +199,7 @@ def test_optimizer_that_cannot_step_here_is_a_config_error(monkeypatch):
 def test_missing_bitsandbytes_is_reported_before_the_model_loads(tiny_model_dir, tmp_path, monkeypatch):
     import importlib.util
 
-    from chattune.train import trainer
+    from chattune.training import trainer
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "bitsandbytes" else real_find_spec(n, *a))
@@ -215,9 +215,9 @@ def _must_not_load(*args, **kwargs):
 @pytest.mark.slow
 def test_qlora_on_the_builtin_model_trains_exports_and_chats(tmp_path):
     """SmolLM2-135M in 4 bits: a few steps, merged into its dequantized base, and the merge answers."""
-    from chattune.export.pipeline import export_run
+    from chattune.exporting.pipeline import export_run
     from chattune.infer.chat import ChatModel, GenerationSettings
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     cfg = load_config("configs/demo.yaml", [
         f"run_dir={tmp_path / 'run'}", "data.size=6", "data.eval_ratio=0.34", "train.max_steps=2",

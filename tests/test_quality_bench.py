@@ -14,7 +14,7 @@ from bench.quality import summarize, time_to_target, verdicts
 from bench.quality_curve import HeldoutCurve
 
 from chattune.config import load_config
-from chattune.train.trainer import train
+from chattune.training.trainer import train
 
 
 class CountingScorer:

@@ -17,13 +17,13 @@ import torch
 
 from chattune import rundir
 from chattune.config import load_config
-from chattune.train import checkpoints as ck
+from chattune.training import checkpoints as ck
 from resume_helpers import TINY, logged_losses, resume_cfg, saved_adapter
 
 
 def _interrupt_after_step(monkeypatch, step: int) -> None:
     """Deliver a real SIGINT while step `step` is being logged: training stops after step + 1."""
-    from chattune.train.callbacks import MetricsLogger
+    from chattune.training.callbacks import MetricsLogger
 
     original = MetricsLogger.add
 
@@ -36,8 +36,8 @@ def _interrupt_after_step(monkeypatch, step: int) -> None:
 
 
 def test_stop_at_3_and_resume_equals_straight_6(straight, tiny_model_dir, tmp_path, monkeypatch):
-    from chattune.train.interrupt import TrainingInterrupted
-    from chattune.train.trainer import train
+    from chattune.training.interrupt import TrainingInterrupted
+    from chattune.training.trainer import train
 
     run_dir = tmp_path / "run"
     cfg = resume_cfg(tiny_model_dir, run_dir, "train.max_steps=6", "train.save_every=2")
@@ -101,7 +101,7 @@ def test_incomplete_and_staging_dirs_are_ignored_then_cleaned(tmp_path):
 
 
 def test_resume_refuses_a_changed_config(straight, tiny_model_dir):
-    from chattune.train.resume import ResumeError, plan_resume
+    from chattune.training.resume import ResumeError, plan_resume
 
     changed = resume_cfg(tiny_model_dir, straight, "train.max_steps=6", "lora.r=16", "train.lr=0.5")
     with pytest.raises(ResumeError) as err:
@@ -113,7 +113,7 @@ def test_resume_refuses_a_changed_config(straight, tiny_model_dir):
 
 
 def test_resume_paths_and_auto_without_run_dir(straight, tiny_model_dir):
-    from chattune.train.resume import ResumeError, plan_resume
+    from chattune.training.resume import ResumeError, plan_resume
 
     no_run_dir = load_config(None, [f"model.name={tiny_model_dir}", *TINY, "train.max_steps=6", "train.save_every=2"])
     with pytest.raises(ResumeError, match="add run_dir=RUN_DIR"):
@@ -126,8 +126,8 @@ def test_resume_paths_and_auto_without_run_dir(straight, tiny_model_dir):
 
 
 def test_resume_refuses_changed_data(tiny_model_dir, tmp_path, write_jsonl):
-    from chattune.train.resume import ResumeError
-    from chattune.train.trainer import train
+    from chattune.training.resume import ResumeError
+    from chattune.training.trainer import train
 
     rows = [{"instruction": f"question {i}", "output": f"answer number {i}"} for i in range(8)]
     data = write_jsonl(rows)
@@ -141,7 +141,7 @@ def test_resume_refuses_changed_data(tiny_model_dir, tmp_path, write_jsonl):
 
 def test_trim_metrics_drops_later_steps_and_a_cut_line(tmp_path):
     from chattune.rundir import RunDir
-    from chattune.train.resume import trim_metrics
+    from chattune.training.resume import trim_metrics
 
     path = tmp_path / "metrics.jsonl"
     lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 3, 4)]
@@ -154,8 +154,8 @@ def test_trim_metrics_drops_later_steps_and_a_cut_line(tmp_path):
 def test_checkpoint_state_round_trip_keeps_eval_best(tmp_path):
     from types import SimpleNamespace
 
-    from chattune.train.evaluate import BestTracker
-    from chattune.train.resume import CheckpointState
+    from chattune.training.evaluate import BestTracker
+    from chattune.training.resume import CheckpointState
 
     def loop():
         return SimpleNamespace(tracker=BestTracker(higher_is_better=False), best_state=None, stopped_early_at=None)
@@ -179,7 +179,7 @@ def test_checkpoint_state_round_trip_keeps_eval_best(tmp_path):
 
 
 def test_resume_command_keeps_overrides_and_options():
-    from chattune.train.interrupt import resume_command
+    from chattune.training.interrupt import resume_command
 
     argv = ["train", "my cfg.yaml", "lora.r=4", "run_dir=old", "--nproc", "2", "--resume", "auto"]
     assert shlex.split(resume_command(argv, Path("runs/x"))) == [

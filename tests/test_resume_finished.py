@@ -18,7 +18,7 @@ def test_resuming_a_finished_mid_epoch_run_is_a_no_op(straight, tiny_model_dir, 
     """max_steps=6 ends mid-epoch: a requeued job (the same command with --resume auto) trains nothing."""
     import shutil
 
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     run_dir = tmp_path / "run"
     shutil.copytree(straight, run_dir)
@@ -35,7 +35,7 @@ def test_killed_after_the_last_checkpoint_resume_saves_without_training(straight
     dir from it, taking no seventh step."""
     import shutil
 
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     run_dir = tmp_path / "run"
     shutil.copytree(straight, run_dir)
@@ -61,8 +61,8 @@ def test_a_flipped_byte_in_the_newest_checkpoint_resumes_from_the_newest_intact_
     """Issue 21: one flipped byte in checkpoint-6's weights was resumed silently; now it is named and skipped."""
     import shutil
 
-    from chattune.train.resume import DamagedCheckpoint, ResumeError
-    from chattune.train.trainer import train
+    from chattune.training.resume import DamagedCheckpoint, ResumeError
+    from chattune.training.trainer import train
 
     run_dir = tmp_path / "run"
     shutil.copytree(straight, run_dir)

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from chattune import rundir
 from chattune.config import load_config
-from chattune.train.checkpoints import checkpoint_step, latest_checkpoint
+from chattune.training.checkpoints import checkpoint_step, latest_checkpoint
 from resume_helpers import logged_losses, saved_adapter
 
 pytestmark = pytest.mark.slow
@@ -65,7 +65,7 @@ def _cfg(tiny_model_dir: Path, run_dir: Path, plan: dict):
 
 def _stop_while_logging(step: int, how: str):
     """A MetricsLogger.add that, after writing step `step`'s line, raises SIGINT or crashes."""
-    from chattune.train.callbacks import MetricsLogger
+    from chattune.training.callbacks import MetricsLogger
 
     original = MetricsLogger.add
 
@@ -80,9 +80,9 @@ def _stop_while_logging(step: int, how: str):
 
 
 def _stopped_run(tiny_model_dir: Path, run_dir: Path, plan: dict) -> None:
-    from chattune.train.callbacks import MetricsLogger
-    from chattune.train.interrupt import TrainingInterrupted
-    from chattune.train.trainer import train
+    from chattune.training.callbacks import MetricsLogger
+    from chattune.training.interrupt import TrainingInterrupted
+    from chattune.training.trainer import train
 
     expected = TrainingInterrupted if plan["how"] == "signal" else Crash
     with pytest.MonkeyPatch.context() as patch:
@@ -104,7 +104,7 @@ def _stopped_run(tiny_model_dir: Path, run_dir: Path, plan: dict) -> None:
 @EXAMPLES
 @given(plan=schedules())
 def test_stop_anywhere_then_resume_equals_the_straight_run(tiny_model_dir, tmp_path, plan):
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     base = Path(tempfile.mkdtemp(dir=tmp_path))  # one folder per example: tmp_path is shared by all of them
     straight, resumed = base / "straight", base / "resumed"

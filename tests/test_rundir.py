@@ -63,7 +63,7 @@ def test_importing_rundir_loads_no_model_library():
 def tiny_run(varied_tiny_model_dir, tmp_path_factory):
     """A one-step tiny run whose LoRA B weights are made large, so the adapter changes the logits."""
     from adapter_helpers import strengthen_adapter
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     train(load_config(None, [
@@ -121,7 +121,7 @@ def test_load_for_inference_is_what_chat_export_and_serve_run(tiny_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from chattune.export.merge import load_run
+    from chattune.exporting.merge import load_run
     from chattune.infer.chat import ChatModel
 
     ids = torch.tensor([[1, 520, 1110, 3457, 28, 253, 5248, 2]])

@@ -54,7 +54,7 @@ def chat_answer(run_dir: Path, prompt: str) -> str:
 
 @pytest.mark.parametrize("config", ["000-huanhuan-swanlab.yaml", "004-huanhuan-english.yaml"])
 def test_seed_000_and_004_roleplay_learns_the_held_out_answers(tmp_path, config):
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     train_file, test_file = huanhuan_split(tmp_path, train=32, test=16)
     cfg = load_config(SEEDS / config, [f"run_dir={tmp_path / 'run'}", f"data.path={train_file}",
@@ -69,8 +69,8 @@ def test_seed_000_and_004_roleplay_learns_the_held_out_answers(tmp_path, config)
 
 
 def test_seed_001_qlora_adalora_learns_the_new_identity_and_merges(tmp_path):
-    from chattune.export.pipeline import export_run
-    from chattune.train.trainer import train
+    from chattune.exporting.pipeline import export_run
+    from chattune.training.trainer import train
 
     outcome = train(load_config(SEEDS / "001-qlora-adalora.yaml", [f"run_dir={tmp_path / 'run'}"]))
     records = [json.loads(line) for line in (outcome.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -87,7 +87,7 @@ def test_seed_001_qlora_adalora_learns_the_new_identity_and_merges(tmp_path):
 def test_seed_002_classifier_beats_the_base_model_on_one_raw_test_file(tmp_path):
     from chattune.data.builtin_classify import write_files
     from chattune.eval.runner import run_eval
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     _, train_file, _, test_file = write_files(tmp_path / "topics")  # the *-task.jsonl files
     few = tmp_path / "test-task.jsonl"  # 30 of the 100 test rows: 6 per topic on average
@@ -106,7 +106,7 @@ def test_seed_002_classifier_beats_the_base_model_on_one_raw_test_file(tmp_path)
 
 
 def test_seed_003_plain_template_borrowed_tokenizer_en_columns(tmp_path, builtin_tokenizer_dir):
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     def en_columns(path: Path) -> Path:  # alpaca-chinese-dataset's names for the same fields
         rows = json.loads(path.read_text(encoding="utf-8"))

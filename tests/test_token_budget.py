@@ -5,7 +5,7 @@ import torch
 
 from adapter_helpers import REORDERED_SUM_RTOL, assert_same_sgd_training
 from chattune.data.collate import PackCollator, PadCollator
-from chattune.train.token_budget import example_groups, padded_groups, split_batch
+from chattune.training.token_budget import example_groups, padded_groups, split_batch
 
 
 def _examples(lengths):
@@ -43,7 +43,7 @@ def _train(tiny_model_dir, tmp_path, name, extra):
     from safetensors.torch import load_file
 
     from chattune.config import load_config
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     cfg = load_config(None, [
         f"model.name={tiny_model_dir}", f"run_dir={tmp_path / name}", "data.size=8", "train.max_steps=2",
@@ -59,7 +59,7 @@ def _train(tiny_model_dir, tmp_path, name, extra):
 ], ids=["packed", "padded", "model-loss"])
 def test_a_budget_changes_memory_not_the_optimizer_steps(tiny_model_dir, tmp_path, monkeypatch, common):
     """Two optimizer steps with one example per forward pass end at the same adapter as whole micro-batches."""
-    from chattune.train import (
+    from chattune.training import (
         counting_trainer as trainer_module,  # where the trainer calls split_batch
     )
 
@@ -79,7 +79,7 @@ def test_a_budget_changes_memory_not_the_optimizer_steps(tiny_model_dir, tmp_pat
 
 def test_auto_budget_bounds_cpu_runs_only():
     from chattune.config import load_config
-    from chattune.train.speed import CPU_MICRO_BATCH_TOKENS, micro_batch_budget
+    from chattune.training.speed import CPU_MICRO_BATCH_TOKENS, micro_batch_budget
 
     cfg = load_config(None, [])
     assert micro_batch_budget(cfg, "cpu") == CPU_MICRO_BATCH_TOKENS

@@ -6,8 +6,8 @@ import socket
 import pytest
 
 from chattune.config import ConfigError, load_config
-from chattune.train import tracking
-from chattune.train.tracking import SwanLabTracker, swanlab_mode
+from chattune.training import tracking
+from chattune.training.tracking import SwanLabTracker, swanlab_mode
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_config_accepts_tracker_list_and_rejects_unknown():
 
 
 def test_training_with_swanlab_logs_expected_keys(tiny_model_dir, tmp_path, no_network, monkeypatch):
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     logged = []
     original_log = SwanLabTracker.log
@@ -111,7 +111,7 @@ def test_training_with_swanlab_logs_expected_keys(tiny_model_dir, tmp_path, no_n
 def test_training_with_tensorboard_writes_events(tiny_model_dir, tmp_path, no_network):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     cfg = load_config(None, [
         f"model.name={tiny_model_dir}", f"run_dir={tmp_path / 'run'}", "data.size=8",
@@ -131,7 +131,7 @@ def test_training_with_tensorboard_writes_events(tiny_model_dir, tmp_path, no_ne
 def test_eval_of_a_swanlab_run_adds_its_predictions_table(tiny_model_dir, tmp_path, no_network):
     """Seed 002 logs its test-set predictions as a SwanLab table: `chattune eval` does it for the run."""
     from chattune.eval.runner import run_eval
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     cfg = load_config(None, [
         f"model.name={tiny_model_dir}", f"run_dir={tmp_path / 'run'}", "data.size=8", "train.max_steps=1",

@@ -11,7 +11,7 @@ from chattune.config import load_config
 
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory):
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     cfg = load_config(None, [
@@ -115,8 +115,8 @@ def test_chat_module_multi_round_repl(trained):
 def test_bad_data_fails_before_model_loads(tmp_path, write_jsonl, monkeypatch):
     from chattune.data.formats import DataError
     from chattune.model import load
-    from chattune.train import trainer
-    from chattune.train.trainer import train
+    from chattune.training import trainer
+    from chattune.training.trainer import train
 
     bad = write_jsonl([{"instruction": "q", "output": 3}])
 
@@ -135,7 +135,7 @@ def test_bad_data_fails_before_model_loads(tmp_path, write_jsonl, monkeypatch):
 
 
 def test_existing_run_dir_is_refused(tmp_path):
-    from chattune.train.trainer import prepare_run_dir
+    from chattune.training.trainer import prepare_run_dir
 
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "x").write_text("x")
@@ -146,8 +146,8 @@ def test_existing_run_dir_is_refused(tmp_path):
 def test_training_stops_at_the_first_non_finite_loss_and_saves_nothing(tiny_model_dir, tmp_path):
     """An lr that blows the weights up: the run stops naming the step and the likely causes; no adapter,
     no checkpoint of that step, no NaN/Infinity in metrics.jsonl."""
-    from chattune.train.callbacks import TrainingDiverged
-    from chattune.train.trainer import train
+    from chattune.training.callbacks import TrainingDiverged
+    from chattune.training.trainer import train
 
     cfg = load_config(None, [
         f"model.name={tiny_model_dir}", f"run_dir={tmp_path / 'run'}", "data.size=8", "train.max_steps=6",

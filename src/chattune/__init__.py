@@ -1,8 +1,33 @@
-"""chattune: fine-tune chat LLMs with LoRA, then chat with, evaluate, export and serve them."""
+"""chattune: fine-tune chat LLMs with LoRA, then chat with, evaluate, export and serve them.
+
+The public Python API (chattune/api.py) is imported on first use, so `import chattune` and
+`chattune --help` stay instant: `chattune.training`, `chattune.load`, `chattune.evaluate`,
+`chattune.exporting`, `chattune.inspect_data`, `chattune.Run`. `%load_ext chattune` adds the
+`%%chat` cell magic (chattune/magic.py).
+"""
 
 import logging
 
 __version__ = "0.1.0"
+
+__all__ = ["Run", "evaluate", "export", "inspect_data", "load", "load_ipython_extension", "train"]
+
+_API = {"Run", "evaluate", "export", "inspect_data", "load", "train", "resolve_config"}
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from chattune import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'chattune' has no attribute {name!r}")
+
+
+def load_ipython_extension(ipython) -> None:
+    """`%load_ext chattune`: register the %%chat cell magic."""
+    from chattune.magic import register
+
+    register(ipython)
 
 
 def _drop_hub_kernel_notice(record: logging.LogRecord) -> bool:

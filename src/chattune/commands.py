@@ -15,7 +15,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from chattune.io import DiskFull
     from chattune.models import ModelSourceError
     from chattune.rundir import RunDirError
-    from chattune.train.callbacks import TrainingDiverged
+    from chattune.training.callbacks import TrainingDiverged
 
     return (ConfigError, DataError, TemplateError, ModelSourceError, RunDirError, DiskFull, FileExistsError,
             TrainingDiverged)
@@ -30,7 +30,7 @@ def run_command(args: Namespace) -> int:
     try:
         return handler(args) or 0
     except _user_errors() as err:
-        from chattune.train.distributed import is_main
+        from chattune.training.distributed import is_main
 
         if is_main():  # under torchrun every rank fails alike; say it once
             from rich.markup import escape  # "[question, answer]" in a message is text, not markup
@@ -65,14 +65,14 @@ def _config_and_overrides(args: Namespace) -> tuple[str | None, list[str]]:
 
 def cmd_train(args: Namespace) -> int:
     from chattune.config import load_config
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     cfg = load_config(*_config_and_overrides(args))
     if getattr(args, "nproc", None) is not None:
         from chattune.config import ConfigError
         from chattune.model.load import pick_device
-        from chattune.train import distributed
-        from chattune.train.monitor import wants_eval_loop
+        from chattune.training import distributed
+        from chattune.training.monitor import wants_eval_loop
 
         if args.nproc < 1:
             raise ConfigError("--nproc must be at least 1")
@@ -80,7 +80,7 @@ def cmd_train(args: Namespace) -> int:
         distributed.check_engine(cfg, wants_eval_loop(cfg), pick_device(cfg.train.device), launching=True)
         distributed.launch(args.nproc, args.argv)  # does not return: this process becomes torchrun
     # imports transformers, so only after the config checks above
-    from chattune.train.interrupt import TrainingInterrupted
+    from chattune.training.interrupt import TrainingInterrupted
 
     try:
         train(cfg, resume=getattr(args, "resume", None))
@@ -93,8 +93,8 @@ def _report_interrupted(stop, argv: list[str]) -> int:
     """Print where the run stopped and the exact command that continues it; 128 + signal."""
     import os
 
-    from chattune.train.distributed import is_main, world_size
-    from chattune.train.interrupt import resume_command
+    from chattune.training.distributed import is_main, world_size
+    from chattune.training.interrupt import resume_command
 
     single_machine = os.environ.get("LOCAL_WORLD_SIZE") == str(world_size())
     if world_size() > 1 and single_machine and not any(a.startswith("--nproc") for a in argv):
@@ -143,7 +143,7 @@ def cmd_chat(args: Namespace) -> int:
 
 def cmd_demo(args: Namespace) -> int:
     from chattune.demo import run_demo
-    from chattune.train.interrupt import TrainingInterrupted
+    from chattune.training.interrupt import TrainingInterrupted
 
     try:
         return run_demo(args.config, args.overrides)
@@ -155,8 +155,8 @@ HANDLERS = {"train": cmd_train, "chat": cmd_chat, "demo": cmd_demo, "config": cm
 
 
 def cmd_export(args: Namespace) -> int:
-    from chattune.export.merge import ExportError
-    from chattune.export.pipeline import export_run
+    from chattune.exporting.merge import ExportError
+    from chattune.exporting.pipeline import export_run
 
     try:
         export_run(args.run_dir, args.out, args.format, args.gguf_dtype, args.tolerance, args.force,
@@ -188,7 +188,7 @@ def cmd_data(args: Namespace) -> int:
     from chattune.model.load import load_tokenizer
 
     cfg = load_config(*_config_and_overrides(args))
-    return inspect_data(cfg, load_tokenizer(cfg.model), args.n, Console())
+    return 1 if inspect_data(cfg, load_tokenizer(cfg.model), args.n, Console()).report.errors else 0
 
 
 HANDLERS["data"] = cmd_data

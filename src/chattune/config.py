@@ -81,10 +81,29 @@ class RunConfig(Section):
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (or the defaults), apply `a.b=value` overrides, validate."""
-    raw = anchor_paths(_read_yaml(Path(path)), Path(path).parent) if path else {}
+    raw = read_config_file(path) if path else {}
     for item in overrides or []:
         _apply_override(raw, item)
     return validate_config(raw, source=str(path) if path else "defaults")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML config as a raw mapping, its relative paths anchored at the file's folder (unvalidated)."""
+    return anchor_paths(_read_yaml(Path(path)), Path(path).parent)
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any, what: str | None = None) -> None:
+    """raw[a][b] = value for key "a.b"; a part that is a value, not a section, is a ConfigError."""
+    what = what or f"key {key!r}"
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"{what}: write the key as section.key, e.g. train.epochs")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{what}: {part!r} is not a section")
+    node[parts[-1]] = value
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
@@ -114,13 +133,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {item!r}: write it as section.key=value, e.g. train.epochs=2")
-    parts = key.strip().split(".")
-    node = raw
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {item!r}: {part!r} is not a section")
-    node[parts[-1]] = _override_value(parts, text)
+    set_dotted(raw, key, _override_value(key.strip().split("."), text), what=f"override {item!r}")
 
 
 def _override_value(parts: list[str], text: str) -> Any:

@@ -165,7 +165,7 @@ class TrainConfig(Section):
     epochs: float = Field(3, gt=0, description="passes over the training data (fractions allowed)")
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: use epochs)")
     lr: float | Literal["auto"] = Field(
-        "auto", description="learning rate; auto: by model size, 2e-3 at 135M (measured) to 2e-4 at 7B (train/defaults.py)"
+        "auto", description="learning rate; auto: by model size, 2e-3 at 135M (measured) to 2e-4 at 7B (training/defaults.py)"
     )
     batch_size: int = Field(4, gt=0, description="examples per micro-batch and process")
     grad_accum: int = Field(4, gt=0, description="micro-batches per optimizer step")
@@ -195,7 +195,7 @@ class TrainConfig(Section):
     )
     micro_batch_tokens: int | Literal["auto"] = Field(
         "auto", description="run each micro-batch as pieces of whole examples of at most this many tokens: same "
-        "gradients, peak memory bounded by the budget (train/token_budget.py); 0: no limit; auto: 384 on CPU, 0 on GPU"
+        "gradients, peak memory bounded by the budget (training/token_budget.py); 0: no limit; auto: 384 on CPU, 0 on GPU"
     )
     base_dtype: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="dtype of the frozen base weights; auto: bf16 when train.precision is bf16, else fp32 "
@@ -204,7 +204,7 @@ class TrainConfig(Section):
     compile: bool = Field(False, description="torch.compile the model (pays minutes of compile; long runs only)")
     mmap_threshold_kb: int = Field(
         0, ge=0, description="glibc: tensors above this many KiB get their own mapping, so freed activations leave RSS "
-        "(lower peak RSS, fewer tokens/s: train/memory.py); 0 keeps the C library's default"
+        "(lower peak RSS, fewer tokens/s: training/memory.py); 0 keeps the C library's default"
     )
     # tracking and in-training evaluation (issue 5)
     tracking: Literal["none", "swanlab", "tensorboard"] | list[Literal["none", "swanlab", "tensorboard"]] = Field(
@@ -225,7 +225,7 @@ class TrainConfig(Section):
     eval_max_new_tokens: int = Field(64, gt=0, description="longest generated answer during in-training eval")
     labels: list[str] | None = Field(None, description="allowed labels for accuracy (default: the distinct eval answers)")
     patience: int | None = Field(None, gt=0, description="stop after N evaluations without improvement of train.metric")
-    forgetting: bool = Field(True, description="score base vs fine-tuned on built-in general rows (train/forgetting.py)")
+    forgetting: bool = Field(True, description="score base vs fine-tuned on built-in general rows (training/forgetting.py)")
     # checkpoints and resume (issues 7, 8)
     save_every: int | None = Field(
         50, gt=0, description="resumable checkpoint every N steps and at the end (null: only on Ctrl-C/SIGTERM)"

@@ -37,7 +37,7 @@ def compare_answers(run_path, questions: list[str], max_new_tokens: int = 60) ->
 
 
 def run_demo(config_path: str | None, overrides: list[str]) -> int:
-    from chattune.train.trainer import train
+    from chattune.training.trainer import train
 
     console = Console()
     started = time.perf_counter()

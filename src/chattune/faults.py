@@ -3,7 +3,7 @@
 With CHATTUNE_KILL_AT=NAME (or NAME@N: the N-th time that point is reached, counting from 1)
 `fault_point(NAME)` sends SIGKILL to its own process, exactly as an OOM killer or a preempted
 node would: no handler, no cleanup, no flush. Points sit between the phases of a checkpoint
-commit (train/checkpoints.py), of the final save (train/trainer.py save_run) and of the atomic
+commit (training/checkpoints.py), of the final save (training/trainer.py save_run) and of the atomic
 writes under them (io.py); tests/test_kill_sweep.py kills the training CLI at each one.
 Unset (always, outside those tests), a point costs one comparison.
 """

@@ -11,7 +11,7 @@ Layout of a run dir (each name is a constant below; no other module spells one):
     summary.json         SUMMARY: final numbers of the run
     init_adapter/        INIT_ADAPTER: lora.init=pissa/olora only, the initial adapter (model/adapters.py)
     last_adapter/        LAST_ADAPTER: in-training eval only, the final weights when adapter/ is the best
-    checkpoints/         CHECKPOINTS: checkpoint-STEP/ folders (train/checkpoints.py), each with
+    checkpoints/         CHECKPOINTS: checkpoint-STEP/ folders (training/checkpoints.py), each with
                          BEST_ADAPTER (eval_best_adapter.safetensors) when in-training eval keeps a best
     eval/NAME-TIME/      EVAL_DIR: one `chattune eval`, PREDICTIONS (predictions.jsonl) and
                          EVAL_SUMMARY (summary.json)
@@ -136,7 +136,7 @@ class RunDir:
 
     @property
     def metrics_file(self) -> Path:
-        """Training appends a line per logged step (train/metrics.py); write_metrics replaces it whole."""
+        """Training appends a line per logged step (training/metrics.py); write_metrics replaces it whole."""
         return self.path / METRICS
 
     @property

@@ -3,7 +3,7 @@
 96 short single-turn rows written for the project (facts, arithmetic, writing, everyday
 advice, short code, definitions, a few translations), English like the built-in model, in
 general_instructions.jsonl next to this file. The split is part of the file, not drawn at
-run time: the 32 guard rows measure forgetting after every run (train/forgetting.py) and
+run time: the 32 guard rows measure forgetting after every run (training/forgetting.py) and
 are never trained on; `data.replay: N` mixes N replay rows into training (cycled past 64),
 without the run's system prompt, and never into the eval split.
 """

@@ -28,8 +28,8 @@ BAR_WIDTH = 40
 BINS = 8
 
 
-def inspect_data(cfg, tokenizer, n: int, console: Console) -> int:
-    """Print the report; return 1 if the lint found errors (training would refuse), else 0."""
+def inspect_data(cfg, tokenizer, n: int, console: Console) -> Prepared:
+    """Print the report; return the prepared data (its report's errors: training would refuse)."""
     data = prepare(cfg.data, tokenizer, cfg.seed)
     console.print(f"[bold]template[/] {data.report.template or 'none'}; mask {cfg.data.mask}; "
                   f"max_length {cfg.data.max_length} ({cfg.data.truncation})")
@@ -49,7 +49,7 @@ def inspect_data(cfg, tokenizer, n: int, console: Console) -> int:
         console.print(render_example(tokenizer, example["input_ids"], example["labels"]))
     console.print("[dim]legend: [green]trained[/green], context, [magenta]special token[/magenta], "
                   "↵ newline[/dim]")
-    return 1 if data.report.errors else 0
+    return data
 
 
 def _counted(stats: dict) -> DataStats:

@@ -81,7 +81,7 @@ def examples_loss(model, examples, pad_token_id: int, batch_size: int = 8) -> di
     import torch
 
     from chattune.data.collate import PadCollator
-    from chattune.train.loss import shifted_lm_loss
+    from chattune.training.loss import shifted_lm_loss
 
     collate = PadCollator(pad_token_id)
     total, count = 0.0, 0
@@ -197,7 +197,7 @@ def log_to_run_trackers(run_path: Path, out_dir: Path, summary: dict, records: l
     It is a new experiment, `<run>-eval-<data-time>`, in the run's own swanlog/ and project, holding the
     metrics and the predictions as swanlab.Text rows, so `swanlab watch RUN_DIR/swanlog` shows both.
     """
-    from chattune.train.tracking import SwanLabTracker, tracker_names
+    from chattune.training.tracking import SwanLabTracker, tracker_names
 
     train_cfg = rundir.open_run_dir(run_path).config().train
     if "swanlab" not in tracker_names(train_cfg.tracking):

@@ -38,6 +38,7 @@ class ChatModel:
     tokenizer: object
     system: str | None = None
     stop_ids: set[int] = field(default_factory=set)
+    row_spec: object = None  # data.formats.RowSpec: how a run reads a row (predict's dict rows)
 
     @classmethod
     def load(cls, target: str, device: str = "cpu", dtype: str = "auto") -> ChatModel:
@@ -55,13 +56,46 @@ class ChatModel:
             system = None
             model.eval()
         stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
-        return cls(model, tokenizer, system, stops)
+        return cls(model, tokenizer, system, stops, run_row_spec(target))
 
     def use_run_format(self, run_path: str) -> None:
         """Render as `run_path` was trained (its tokenizer, chat template and end-of-turn tokens):
         a base model scored "before" in the format the run learned, e.g. seed 003's plain `<sep>`."""
         self.tokenizer = rundir.run_tokenizer(rundir.open_run_dir(run_path))
         self.stop_ids = stop_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
+
+    def chat(self, message: str, history: list[dict] | None = None, stream: bool = False,
+             **settings) -> str | Iterator[str]:
+        """One turn: `message` after `history` (a list of {"role", "content"}); the reply, or its pieces
+        when `stream`. A `history` list given is extended with the turn once the reply is complete, so
+        a notebook keeps a conversation in one list. `settings`: GenerationSettings fields."""
+        turns = [*(history or []), {"role": "user", "content": message}]
+        options = GenerationSettings(**settings)
+        if not stream:
+            answer = self.reply(turns, options)
+            _remember(history, message, answer)
+            return answer
+        return self._streamed_turn(turns, options, history, message)
+
+    def _streamed_turn(self, turns, options, history, message) -> Iterator[str]:
+        pieces = []
+        for piece in self.stream(turns, options):
+            pieces.append(piece)
+            yield piece
+        _remember(history, message, "".join(pieces).strip())
+
+    def predict(self, rows: list, batch_size: int = 64, **settings) -> list[str]:
+        """Replies in input order for prompts (str), conversations (message lists) or rows shaped like
+        the training data (dicts, read by data/prompts.py as `predict` reads a file)."""
+        from chattune.data.prompts import prompt_messages
+        from chattune.infer.predict import predict_all
+
+        conversations = [
+            [{"role": "user", "content": row}] if isinstance(row, str)
+            else prompt_messages(row, f"rows[{i}]", self.row_spec) if isinstance(row, dict) else list(row)
+            for i, row in enumerate(rows)
+        ]
+        return predict_all(self, conversations, GenerationSettings(**settings), batch_size)
 
     def prompt_ids(self, messages: list[dict]):
         """Typed text stays text: '<|im_end|>' in a message never becomes the end-of-turn token."""
@@ -106,6 +140,22 @@ class ChatModel:
         thread.start()
         yield from streamer
         thread.join()
+
+
+def _remember(history: list[dict] | None, message: str, answer: str) -> None:
+    if history is not None:
+        history.extend([{"role": "user", "content": message}, {"role": "assistant", "content": answer}])
+
+
+def run_row_spec(target: str):
+    """A run dir reads rows as it was trained (format, columns, task prompt, system prompt)."""
+    from chattune.data.formats import RowSpec
+
+    if rundir.is_run_dir(target):
+        from chattune.data.dataset import row_spec
+
+        return row_spec(rundir.open_run_dir(target).config().data)
+    return RowSpec()
 
 
 def repl(chat: ChatModel, settings: GenerationSettings, read=input, write=print) -> None:

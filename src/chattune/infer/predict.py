@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from chattune import rundir
-from chattune.data.formats import DataError, RowSpec
+from chattune.data.formats import DataError
 from chattune.data.prompts import PromptRow, load_prompt_rows
-from chattune.infer.chat import ChatModel, GenerationSettings
+from chattune.infer.chat import ChatModel, GenerationSettings, run_row_spec
 from chattune.io import write_text_atomic
 from chattune.model import generate as batched
 
@@ -53,7 +52,7 @@ def run_predict(target: str, data: str | Path, out: str | Path, settings: Genera
     )
 
     console = console or Console(stderr=True)
-    rows = load_prompt_rows(data, _row_spec(target))  # bad data fails before the model loads
+    rows = load_prompt_rows(data, run_row_spec(target))  # bad data fails before the model loads
     if not rows:
         raise DataError(str(data), "no rows to predict")
     chat = ChatModel.load(target, device=device, dtype=dtype)
@@ -65,12 +64,3 @@ def run_predict(target: str, data: str | Path, out: str | Path, settings: Genera
     write_predictions(out, rows, predictions)
     console.print(f"[green]wrote[/] {len(rows)} predictions to {out}")
     return len(rows)
-
-
-def _row_spec(target: str) -> RowSpec:
-    """A run dir reads rows as it was trained (format, columns, task prompt, system prompt)."""
-    if rundir.is_run_dir(target):
-        from chattune.data.dataset import row_spec
-
-        return row_spec(rundir.open_run_dir(target).config().data)
-    return RowSpec()

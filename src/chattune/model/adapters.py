@@ -6,7 +6,7 @@ names are checked against the model, and a name that matches nothing is an error
 model's linear layers. PiSSA and OLoRA rewrite the base weights at init (W_res = W - BA), so
 the initial adapter is kept (`init_adapter/`) and every adapter saved for the run dir is
 converted by peft into a plain LoRA adapter (rank 2r) that applies to the original base.
-Not here: AdaLoRA's per-step budget update (train/methods.py) and quantization (quant.py).
+Not here: AdaLoRA's per-step budget update (training/methods.py) and quantization (quant.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Quantize the frozen base with bitsandbytes (QLoRA): load settings, training prep, dequantization.
 
-Not here: adapters (adapters.py) and the export merge (export/merge.py), which uses `dequantize`.
+Not here: adapters (adapters.py) and the export merge (exporting/merge.py), which uses `dequantize`.
 
 On CPUs with AVX512-BF16, bitsandbytes (0.50) repacks a Linear4bit weight into a CPU layout on its
 first eval-mode, no-grad forward. That path rounds the block scales to bf16, is not differentiable

@@ -97,7 +97,7 @@ def metrics_section(info: RunInfo) -> str:
 
 
 def forgetting_table(entry: dict | None) -> str:
-    """The forgetting guard (train/forgetting.py): base vs fine-tuned on the built-in general rows."""
+    """The forgetting guard (training/forgetting.py): base vs fine-tuned on the built-in general rows."""
     if not entry:
         return "<p class=muted>forgetting guard: not run (train.forgetting=false)</p>"
     if "skipped" in entry:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from chattune.export.merge import ExportError
+from chattune.exporting.merge import ExportError
 
 ARCH = "llama"
 DTYPES = ("f16", "f32")

@@ -1,8 +1,8 @@
 """transformers' Trainer with chattune's token counting, loss path and token budget; nothing else.
 
 Each setting arrives through the constructor. Checkpoints are not this class's business: the
-AtomicCheckpoints callback (train/checkpoints.py) stages and commits them through the Trainer's
-public `output_dir` and `on_save` hook. This module does not build the trainer's inputs (train/trainer.py).
+AtomicCheckpoints callback (training/checkpoints.py) stages and commits them through the Trainer's
+public `output_dir` and `on_save` hook. This module does not build the trainer's inputs (training/trainer.py).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 from transformers import Trainer
 
-from chattune.train import distributed
-from chattune.train.speed import batch_tokens
-from chattune.train.token_budget import split_batch
+from chattune.training import distributed
+from chattune.training.speed import batch_tokens
+from chattune.training.token_budget import split_batch
 
 
 @dataclass
@@ -74,12 +74,12 @@ class CountingTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.adalora_penalties is not None:
-            from chattune.train.methods import adalora_loss
+            from chattune.training.methods import adalora_loss
 
             return adalora_loss(self, model, inputs, return_outputs, num_items_in_batch)
         if not (self.skip_prompt_logits and model.training and not return_outputs):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        from chattune.train.loss import masked_lm_loss
+        from chattune.training.loss import masked_lm_loss
 
         self.loss_is_scaled_for_ga = num_items_in_batch is not None  # sum / items of the whole step
         # several processes: x ranks, as transformers' compute_loss does for token-averaged losses

@@ -152,8 +152,8 @@ def adalora_penalty_weight(model) -> float:
 def adalora_loss(trainer, model, inputs, return_outputs=False, num_items_in_batch=None):
     """No labels reach peft (it would add its penalty to the loss): the cross-entropy is computed
     here, and the orthogonality penalty joins the training loss only, weighted once per optimizer step."""
-    from chattune.train.distributed import token_average_scale
-    from chattune.train.loss import masked_lm_loss, shifted_lm_loss
+    from chattune.training.distributed import token_average_scale
+    from chattune.training.loss import masked_lm_loss, shifted_lm_loss
 
     if not model.training or return_outputs:
         outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from chattune.train.distributed import is_main
+from chattune.training.distributed import is_main
 
 
 class TrainingDiverged(RuntimeError):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from chattune import rundir
 from chattune.data.templates import stop_token_ids
-from chattune.export import fidelity
+from chattune.exporting import fidelity
 from chattune.io import save_dir_atomic, write_json_atomic
 
 HELD_OUT_LIMIT = 8  # prompts used by the gate

@@ -4,7 +4,7 @@ Every tracker writes inside the run dir. SwanLab needs no account: without SWANL
 it runs in "local" mode (viewable with `swanlab watch RUN_DIR/swanlog`, needs the swanboard
 package) or, without swanboard, "offline" mode (files to upload later with `swanlab sync`).
 With SWANLAB_API_KEY set, "auto" logs in and syncs the run to the cloud. Whatever the
-tracker, metrics.jsonl and loss.png are written by train/callbacks.py and train/plots.py.
+tracker, metrics.jsonl and loss.png are written by training/callbacks.py and training/plots.py.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class SwanLabTracker:
     Kept instead of swanlab.integration.transformers.SwanLabCallback (swanlab 0.10.3, read in
     its source): that callback logs the Trainer's own `logs` only (learning_rate as
     train/learning_rate, no token counts), while this tracker logs chattune's metrics.jsonl
-    records: train/lr, train/tokens_per_s and train/trained_tokens from train/callbacks.py,
+    records: train/lr, train/tokens_per_s and train/trained_tokens from training/callbacks.py,
     eval/<metric> and the prediction tables from in-training eval, which reach no Trainer log;
     and `chattune eval` logs through it with no Trainer at all. Checked by
     tests/test_tracking.py::test_training_with_swanlab_logs_expected_keys and

@@ -7,7 +7,7 @@ checkpoints/.tmp-checkpoint-staging/ (the Trainer's output_dir) and renamed into
 so a crash or `kill -9` at any moment leaves either the whole checkpoint or none of it, and a
 full disk ends in one DiskFull error naming the checkpoint, its staging folder removed.
 This module does not decide *when* to save (the Trainer's save_steps and the signal
-callback do) nor how a resume is planned (train/resume.py).
+callback do) nor how a resume is planned (training/resume.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from transformers import TrainerCallback
 from chattune.faults import fault_point
 from chattune.io import DiskFull, checksum_problems, is_disk_full, write_checksums
 from chattune.model.adapters import quiet_pruned_ranks
-from chattune.train.distributed import barrier, is_main
+from chattune.training.distributed import barrier, is_main
 
 PREFIX = "checkpoint-"
 STAGING = ".tmp-checkpoint-"
@@ -150,7 +150,7 @@ class AtomicCheckpoints(TrainerCallback):
     due; this callback comes last, so every other callback has had its say) every rank runs
     `progress.before_save()` (collective work, e.g. summing token counts) and the main process
     makes an empty staging folder; after it (on_save) the main process writes `progress.write(folder,
-    step)` (train/resume.py), commits and rotates, keeping `keep` complete checkpoints. A full disk
+    step)` (training/resume.py), commits and rotates, keeping `keep` complete checkpoints. A full disk
     while committing ends in DiskFull naming the checkpoint; the staging folder is removed.
     """
 

@@ -94,7 +94,7 @@ class StopOnSignal(TrainerCallback):
         if self.stopped_at is None:
             return
         from chattune.rundir import CHECKPOINTS
-        from chattune.train.checkpoints import latest_checkpoint
+        from chattune.training.checkpoints import latest_checkpoint
 
         raise TrainingInterrupted(self.signum, self.stopped_at, run_dir, latest_checkpoint(run_dir / CHECKPOINTS))
 

@@ -108,7 +108,7 @@ def training_autocast(args):
     """The Trainer's mixed-precision context for code that runs the model outside the Trainer's steps.
 
     Under bf16/fp16 the frozen base is bf16 and the LoRA layers skip their fp32 input cast
-    (train/speed.py), so the model only runs under autocast, as it does in training.
+    (training/speed.py), so the model only runs under autocast, as it does in training.
     """
     import contextlib
 

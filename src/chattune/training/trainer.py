@@ -1,8 +1,8 @@
 """Run a training job as a recipe: setup_data -> setup_model -> build_trainer -> fit -> save the run dir.
 
 Data is read and checked before any model weights load, so bad input fails in seconds. The
-Trainer is transformers' (train/counting_trainer.py adds token counting and the loss path),
-checkpoints are committed by a callback (train/checkpoints.py); this module only wires them.
+Trainer is transformers' (training/counting_trainer.py adds token counting and the loss path),
+checkpoints are committed by a callback (training/checkpoints.py); this module only wires them.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from chattune.model.load import (
     slow_precision_warning,
 )
 from chattune.model.quant import compute_dtype, prepare_for_training
-from chattune.train import distributed
-from chattune.train.defaults import learning_rate
-from chattune.train.forgetting import guard_run
-from chattune.train.methods import method_callbacks, preflight, total_optimizer_steps
-from chattune.train.speed import (
+from chattune.training import distributed
+from chattune.training.defaults import learning_rate
+from chattune.training.forgetting import guard_run
+from chattune.training.methods import method_callbacks, preflight, total_optimizer_steps
+from chattune.training.speed import (
     base_weight_dtype,
     collator_for,
     lora_in_autocast_dtype,
@@ -47,7 +47,7 @@ from chattune.train.speed import (
 )
 
 if TYPE_CHECKING:
-    from chattune.train.counting_trainer import TokenCounter
+    from chattune.training.counting_trainer import TokenCounter
 
 
 @dataclass
@@ -86,13 +86,13 @@ def prepare_run_dir(cfg: RunConfig, resuming: bool = False) -> Path:
 def build_training_args(cfg: RunConfig, run_path: Path, precision: str, device: str, has_eval: bool, lr: float):
     from transformers import TrainingArguments
 
-    from chattune.train.checkpoints import staging_root
+    from chattune.training.checkpoints import staging_root
 
     t = cfg.train
     eval_steps = t.eval_every
     eval_strategy = "no" if not has_eval else ("steps" if eval_steps else "epoch")
     return TrainingArguments(
-        output_dir=str(staging_root(rundir.RunDir(run_path).checkpoints)),  # train/checkpoints.py commits each one by rename
+        output_dir=str(staging_root(rundir.RunDir(run_path).checkpoints)),  # training/checkpoints.py commits each one by rename
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
@@ -106,7 +106,7 @@ def build_training_args(cfg: RunConfig, run_path: Path, precision: str, device: 
         logging_steps=t.logging_steps,
         eval_strategy=eval_strategy,
         eval_steps=eval_steps,
-        save_strategy="steps" if t.save_every else "no",  # train/checkpoints.py writes them atomically
+        save_strategy="steps" if t.save_every else "no",  # training/checkpoints.py writes them atomically
         save_steps=t.save_every or 500,
         save_total_limit=None,  # rotation: train.keep_checkpoints, complete checkpoints only
         bf16=precision == "bf16",
@@ -129,12 +129,12 @@ def train(cfg: RunConfig, console: Console | None = None, resume: str | None = N
           callbacks: tuple = ()) -> TrainOutcome:
     """Train per `cfg`; write and return the run dir (with the in-memory model).
 
-    `resume`: "auto" or a checkpoint/run dir path to continue (train/resume.py). A first
-    SIGINT/SIGTERM saves a checkpoint and raises TrainingInterrupted (train/interrupt.py).
+    `resume`: "auto" or a checkpoint/run dir path to continue (training/resume.py). A first
+    SIGINT/SIGTERM saves a checkpoint and raises TrainingInterrupted (training/interrupt.py).
     `callbacks`: extra transformers `TrainerCallback`s (the quality bench's held-out curve).
     """
-    from chattune.train.monitor import wants_eval_loop
-    from chattune.train.resume import plan_resume
+    from chattune.training.monitor import wants_eval_loop
+    from chattune.training.resume import plan_resume
 
     console = distributed.rank_console(console)  # several processes: only rank 0 prints
     plan = plan_resume(cfg, resume) if resume else None  # refuses a changed config before anything loads
@@ -172,7 +172,7 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
     """The recipe, once the run dir exists: setup_data -> setup_model -> build_trainer -> fit -> save."""
     from transformers import set_seed
 
-    from chattune.train.memory import bound_allocator_caches, release_freed_tensors
+    from chattune.training.memory import bound_allocator_caches, release_freed_tensors
 
     set_seed(cfg.seed)
     release_freed_tensors(cfg.train.mmap_threshold_kb)  # opt-in; before the weights load
@@ -201,7 +201,7 @@ def setup_data(cfg: RunConfig, plan, console: Console):
     report_data(data.stats, console)
     if plan:
         plan.check_data(data.stats)
-    from chattune.train.monitor import check_monitoring
+    from chattune.training.monitor import check_monitoring
 
     check_monitoring(cfg, bool(data.eval))
     return tokenizer, data
@@ -223,7 +223,7 @@ def setup_model(cfg: RunConfig, run_path: Path, precision: str, device: str, ada
                            compute_dtype=compute_dtype(precision))
     base = prepare_for_training(base, cfg.train.gradient_checkpointing)  # model.quantize: peft's k-bit prep
     if cfg.model.quantize != "none":
-        from chattune.train.memory import trim_heap
+        from chattune.training.memory import trim_heap
 
         trim_heap()  # the buffers the shards were read into
     init_dir = run_path / rundir.INIT_ADAPTER if distributed.is_main() else None  # PiSSA/OLoRA: converts saved adapters
@@ -252,7 +252,7 @@ class Session:
 
     def callbacks(self, precision: str, lr: float, cfg: RunConfig, extra=()) -> list:
         """The Trainer's callbacks; the checkpoint committer last, once every other one has had its say."""
-        from chattune.train.callbacks import StopOnNonFinite
+        from chattune.training.callbacks import StopOnNonFinite
 
         return [StopOnNonFinite(precision, lr), self.metrics, *self.monitoring.callbacks, self.stopper,
                 *method_callbacks(cfg.lora), *extra, self.checkpoints]
@@ -260,12 +260,12 @@ class Session:
 
 def setup_session(cfg: RunConfig, run_path: Path, tokenizer, data, plan, console: Console) -> Session:
     """Counters, metrics, monitoring and checkpoint state; a resume restores them from its checkpoint."""
-    from chattune.train.callbacks import MetricsLogger
-    from chattune.train.checkpoints import AtomicCheckpoints
-    from chattune.train.counting_trainer import TokenCounter
-    from chattune.train.interrupt import StopOnSignal
-    from chattune.train.monitor import build_monitoring
-    from chattune.train.resume import CheckpointState, restore_run
+    from chattune.training.callbacks import MetricsLogger
+    from chattune.training.checkpoints import AtomicCheckpoints
+    from chattune.training.counting_trainer import TokenCounter
+    from chattune.training.interrupt import StopOnSignal
+    from chattune.training.monitor import build_monitoring
+    from chattune.training.resume import CheckpointState, restore_run
 
     counter = TokenCounter()
     metrics = MetricsLogger(rundir.RunDir(run_path).metrics_file, counter)
@@ -279,9 +279,9 @@ def setup_session(cfg: RunConfig, run_path: Path, tokenizer, data, plan, console
 
 
 def build_trainer(cfg: RunConfig, model, args, data, collator, callbacks: list, device: str, counter: TokenCounter):
-    """transformers' Trainer with chattune's token counting, loss path and token budget (train/counting_trainer.py)."""
-    from chattune.train.counting_trainer import CountingTrainer
-    from chattune.train.methods import PenaltyLog
+    """transformers' Trainer with chattune's token counting, loss path and token budget (training/counting_trainer.py)."""
+    from chattune.training.counting_trainer import CountingTrainer
+    from chattune.training.methods import PenaltyLog
 
     return CountingTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.eval or None,
@@ -293,7 +293,7 @@ def build_trainer(cfg: RunConfig, model, args, data, collator, callbacks: list, 
 
 def fit_run(trainer, model, session: Session, plan, cfg: RunConfig, train_rows: int, run_path: Path):
     """Train (continuing the plan's checkpoint); (the Trainer's TrainOutput, the in-training eval's best)."""
-    from chattune.train.resume import fit, logged_mean_loss
+    from chattune.training.resume import fit, logged_mean_loss
 
     session.progress.start()
     session.monitoring.start(cfg)
@@ -333,7 +333,7 @@ def save(run_path: Path, cfg: RunConfig, trainer, model, tokenizer, stats: dict,
 
 def add_to_summary(run_path: Path, summary: dict, digests, best: dict, console: Console, forgetting=None) -> None:
     """Several processes: each rank's adapter digest; in-training eval: the best step; the forgetting guard's
-    scores (train/forgetting.py). Writes summary.json, the run dir's last file: it marks the run finished, so
+    scores (training/forgetting.py). Writes summary.json, the run dir's last file: it marks the run finished, so
     a kill before it leaves a run that `--resume auto` saves again instead of calling it done."""
     if digests:
         summary["rank_adapter_sha256"] = digests
@@ -352,7 +352,7 @@ def save_run(run_path, cfg, model, tokenizer, stats, records, result, seconds, c
              state_dict=None) -> dict:
     """Write the run dir, each file atomically, and return its summary (written last, by add_to_summary).
     faults.FINAL_PHASES name the points in between (tests/test_kill_sweep.py kills the run at each)."""
-    from chattune.train.plots import plot_loss
+    from chattune.training.plots import plot_loss
 
     run = rundir.RunDir(run_path)
     run.write_adapter(lambda out: adapter_writer(model)(out, state_dict=state_dict))
@@ -368,7 +368,7 @@ def save_run(run_path, cfg, model, tokenizer, stats, records, result, seconds, c
     with located_disk_full(run.loss_plot):
         plot_loss(records, run.loss_plot, title=f"{cfg.name}: loss")
     fault_point("final:loss-plot")
-    from chattune.train.checkpoints import staging_root
+    from chattune.training.checkpoints import staging_root
 
     checkpoints = run.checkpoints
     shutil.rmtree(staging_root(checkpoints), ignore_errors=True)  # the Trainer's output_dir, empty between saves

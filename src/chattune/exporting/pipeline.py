@@ -18,8 +18,8 @@ from pathlib import Path
 from rich.console import Console
 
 from chattune import rundir
-from chattune.export import fidelity
-from chattune.export.merge import (
+from chattune.exporting import fidelity
+from chattune.exporting.merge import (
     REPORT,
     ExportError,
     LoadedRun,
@@ -32,9 +32,9 @@ from chattune.export.merge import (
     write_hf_folder,
     write_model_files,
 )
-from chattune.export.shards import NotShardable, ShardPlan, merge_shards, plan_merge, scan_base
+from chattune.exporting.shards import NotShardable, ShardPlan, merge_shards, plan_merge, scan_base
 from chattune.io import save_dir_atomic, write_json_atomic
-from chattune.train.memory import trim_heap
+from chattune.training.memory import trim_heap
 
 # Default max |logit diff| per artefact: fp32 merges differ only by float rounding; f16
 # weights round every weight to 11 significant bits; a bf16/fp16 HF export rounds each merged
@@ -80,7 +80,7 @@ def export_run(run_path, out, fmt: str = "hf", gguf_dtype: str = "f16", toleranc
         console.print(f"merging the whole model in fp32: {why_whole}", highlight=False)
     loaded = load_run(run_path)
     if fmt == "gguf":
-        from chattune.export.gguf_writer import check_supported
+        from chattune.exporting.gguf_writer import check_supported
 
         check_supported(loaded.model.get_base_model(), loaded.tokenizer)  # fail before the slow part
     check = _measure_reference(loaded, console)
@@ -213,7 +213,7 @@ def gguf_filename(dtype: str) -> str:
 
 def _export_gguf(loaded, check: Check, out: Path, dtype: str, tolerance: float, merged, force, console):
     """Write the GGUF into a temp folder, load it back, gate it, then rename the folder to `out`."""
-    from chattune.export.gguf_writer import write_gguf
+    from chattune.exporting.gguf_writer import write_gguf
 
     name = gguf_filename(dtype)
     reports = []

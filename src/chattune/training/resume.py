@@ -20,7 +20,7 @@ from chattune import rundir
 from chattune.config import ConfigError, RunConfig
 from chattune.io import checksum_problems, clean_temporaries, write_json_atomic
 from chattune.rundir import BEST_ADAPTER, CHECKPOINTS, INIT_ADAPTER, LAST_ADAPTER
-from chattune.train.checkpoints import (
+from chattune.training.checkpoints import (
     REQUIRED,
     STATE,
     checkpoint_step,
@@ -30,7 +30,7 @@ from chattune.train.checkpoints import (
     latest_intact_checkpoint,
     rotate,
 )
-from chattune.train.distributed import is_main
+from chattune.training.distributed import is_main
 
 # Keys that may differ between the run dir and the config given to --resume: they change
 # where files go, how long training runs (the lr schedule follows the new length from the
@@ -209,7 +209,7 @@ class CheckpointState:
     def before_save(self) -> None:
         """On every rank before a checkpoint: fold token counts not yet summed into the totals."""
         if hasattr(self.counter, "sync"):
-            from chattune.train import distributed
+            from chattune.training import distributed
 
             self.counter.sync(distributed.sum_over_ranks)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from chattune.config import ConfigError, RunConfig
 from chattune.io import save_dir_atomic
 from chattune.rundir import LAST_ADAPTER
-from chattune.train.distributed import is_main
+from chattune.training.distributed import is_main
 
 
 def wants_eval_loop(cfg: RunConfig) -> bool:
@@ -23,7 +23,7 @@ def wants_eval_loop(cfg: RunConfig) -> bool:
 
 def check_monitoring(cfg: RunConfig, has_eval: bool) -> None:
     """Refuse, before any model loads, what cannot run."""
-    from chattune.train.tracking import check_available, tracker_names
+    from chattune.training.tracking import check_available, tracker_names
 
     try:
         check_available(tracker_names(cfg.train.tracking))
@@ -57,7 +57,7 @@ class Monitoring:
     def keep_best(self, model, run_path: Path, final_step: int) -> dict:
         """Save the final adapter aside and restore the best one; returns the eval summary."""
         from chattune.model.adapters import adapter_writer
-        from chattune.train.evaluate import restore_adapter
+        from chattune.training.evaluate import restore_adapter
 
         loop = self.eval_loop
         if loop is None or loop.best_state is None:
@@ -76,8 +76,8 @@ class Monitoring:
 def build_monitoring(cfg: RunConfig, run_path: Path, tokenizer, eval_conversations, metrics_logger) -> Monitoring:
     from chattune.data.templates import stop_token_ids
     from chattune.metrics import default_labels
-    from chattune.train.evaluate import EvalLoop, eval_samples
-    from chattune.train.tracking import build_trackers
+    from chattune.training.evaluate import EvalLoop, eval_samples
+    from chattune.training.tracking import build_trackers
 
     trackers, callbacks = build_trackers(cfg, run_path) if is_main() else ([], [])  # rank 0 tracks
     monitoring = Monitoring(trackers, callbacks)
