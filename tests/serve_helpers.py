@@ -47,3 +47,29 @@ def running_server(app):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextmanager
+def headless_chromium(profile_dir: Path):
+    """Debian's chromium + chromedriver under selenium; a missing browser fails (make test installs it)."""
+    import shutil
+
+    import pytest
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.fail("chromium and chromedriver are required: apt-get install -y chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1280,1000", f"--user-data-dir={profile_dir}"):
+        options.add_argument(flag)
+    web = webdriver.Chrome(service=Service(driver), options=options)
+    web.set_page_load_timeout(60)
+    try:
+        yield web
+    finally:
+        web.quit()

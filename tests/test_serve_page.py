@@ -5,12 +5,10 @@ Not skipped when Chromium is missing: .ci/run installs it, and a missing browser
 
 from __future__ import annotations
 
-import shutil
-
 import httpx
 import pytest
 
-from serve_helpers import running_server, train_tiny_run
+from serve_helpers import headless_chromium, running_server, train_tiny_run
 
 KEY = "page-key"
 
@@ -28,22 +26,8 @@ def server(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.fail("chromium and chromedriver are required: apt-get install -y chromium chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    web = webdriver.Chrome(service=Service(driver), options=options)
-    web.set_page_load_timeout(60)
-    yield web
-    web.quit()
+    with headless_chromium(tmp_path_factory.mktemp("chromium-profile")) as web:
+        yield web
 
 
 def api_answer(url: str, messages: list[dict]) -> str:

@@ -1,8 +1,8 @@
 """chattune: fine-tune chat LLMs with LoRA, then chat with, evaluate, export and serve them.
 
 The public Python API (chattune/api.py) is imported on first use, so `import chattune` and
-`chattune --help` stay instant: `chattune.training`, `chattune.load`, `chattune.evaluate`,
-`chattune.exporting`, `chattune.inspect_data`, `chattune.Run`. `%load_ext chattune` adds the
+`chattune --help` stay instant: `chattune.train`, `chattune.load`, `chattune.evaluate`,
+`chattune.export`, `chattune.inspect_data`, `chattune.Run`. `%load_ext chattune` adds the
 `%%chat` cell magic (chattune/magic.py).
 """
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from chattune.eval.runner import EvalResult
     from chattune.infer.chat import ChatModel
 
-__all__ = ["Run", "evaluate", "export", "inspect_data", "load", "resolve_config", "train"]
+__all__ = ["Run", "evaluate", "export", "inspect_data", "inspection", "load", "resolve_config", "train"]
 
 SECTIONS = ("model", "data", "lora", "train")
 
@@ -99,6 +99,8 @@ def resolve_config(config: str | Path | dict | RunConfig | None = None, override
     )
     from chattune.data.inline import inline_data_path
 
+    if isinstance(config, RunConfig) and not (overrides or keyword_overrides) and data is None and eval_data is None:
+        return config
     if isinstance(overrides, list):
         if not isinstance(config, (str, Path)) and config is not None:
             raise TypeError("overrides as 'key=value' strings go with a config path; pass a dict otherwise")
@@ -145,16 +147,19 @@ def next_free_run_dir(cfg: RunConfig) -> RunConfig:
 
 def train(config: str | Path | dict | RunConfig | None = None, *, data: Any = None, eval_data: Any = None,
           overrides: dict | list[str] | None = None, resume: str | Path | None = None, console=None,
-          callbacks: tuple = (), **keyword_overrides: Any) -> Run:
+          callbacks: tuple = (), if_exists: str = "next", **keyword_overrides: Any) -> Run:
     """Fine-tune per `config` + overrides (see resolve_config); returns the run dir written.
 
     `resume`: "auto" or a run dir / checkpoint to continue (then the run dir is the one resumed).
-    Without it, a run dir that already holds a run is never reused: the next free name is taken.
+    Without it, a run dir that already holds a run is never reused: `if_exists="next"` (a notebook's
+    default) takes the next free name, "error" (the CLI's) refuses with FileExistsError.
     """
     from chattune.training.trainer import train as train_run
 
+    if if_exists not in ("next", "error"):
+        raise ValueError(f"if_exists: 'next' or 'error', got {if_exists!r}")
     cfg = resolve_config(config, overrides, data, eval_data, **keyword_overrides)
-    if resume is None:
+    if resume is None and if_exists == "next":
         cfg = next_free_run_dir(cfg)
     outcome = train_run(cfg, console, resume=str(resume) if resume is not None else None, callbacks=callbacks)
     return Run(Path(outcome.run_dir))
@@ -166,9 +171,12 @@ def load(target: str | Path | Run, device: str = "auto", dtype: str = "auto") ->
     `device`: auto, cpu or cuda; `dtype`: auto, fp32, bf16 or fp16 (model/load.py inference_precision).
     """
     from chattune.infer.chat import ChatModel
+    from chattune.magic import remember_loaded
     from chattune.model.load import pick_device
 
-    return ChatModel.load(str(target), device=pick_device(device), dtype=dtype)
+    model = ChatModel.load(str(target), device=pick_device(device), dtype=dtype)
+    remember_loaded(model)  # the model a notebook's %%chat cells talk to (chattune/magic.py)
+    return model
 
 
 def evaluate(target: str | Path | Run, data: Any, metrics: list[str] | str = "loss", *,
@@ -177,7 +185,7 @@ def evaluate(target: str | Path | Run, data: Any, metrics: list[str] | str = "lo
              like: str | Path | Run | None = None, settings: list[str] | None = None, console=None) -> EvalResult:
     """`chattune eval`: score `target` on `data` (a path or rows in memory); writes an eval folder.
 
-    `metrics`: names or a comma list (loss, exact_match, contains, rouge_l, accuracy, stop_rate, ...).
+    `metrics`: names or a comma list (loss, exact, accuracy, rouge, stop_rate; chattune.metrics).
     """
     from chattune.config import ConfigError
     from chattune.data.inline import inline_data_path
@@ -188,7 +196,7 @@ def evaluate(target: str | Path | Run, data: Any, metrics: list[str] | str = "lo
     try:
         names = parse_metric_list(metrics if isinstance(metrics, str) else ",".join(metrics))
     except ValueError as err:
-        raise ConfigError(f"metrics: {err}") from None
+        raise ConfigError(f"metrics (--metric): {err}") from None
     if labels and "accuracy" not in names:
         names.append("accuracy")
     return run_eval(str(target), inline_data_path(data), names, labels, max_new_tokens, batch_size,
@@ -217,3 +225,16 @@ def inspect_data(config: str | Path | dict | RunConfig | None = None, *, data: A
 
     cfg = resolve_config(config, overrides, data, **keyword_overrides)
     return print_inspection(cfg, load_tokenizer(cfg.model), examples, console or Console())
+
+
+def inspection(config: str | Path | dict | RunConfig | None = None, *, data: Any = None,
+               overrides: dict | list[str] | None = None, examples: int = 3, **keyword_overrides: Any) -> dict:
+    """What `inspect_data` prints, as JSON-ready data: template, sources, length histogram, stats,
+    every lint finding (where = file:line:field) and examples as (text, trained|context|special) runs."""
+    from chattune.data.inspect import inspection_report
+    from chattune.data.prepare import prepare
+    from chattune.model.load import load_tokenizer
+
+    cfg = resolve_config(config, overrides, data, **keyword_overrides)
+    tokenizer = load_tokenizer(cfg.model)
+    return inspection_report(prepare(cfg.data, tokenizer, cfg.seed), cfg, tokenizer, examples)

@@ -112,7 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_parser(sub)
     _add_eval_parsers(sub)
     _add_serve_parser(sub)
+    _add_ui_parser(sub)
     return parser
+
+
+def _add_ui_parser(sub) -> None:
+    ui = sub.add_parser(
+        "ui", help="the training web UI: data inspect, config, train/stop/resume, runs, chat, export",
+        description="A web page over the Python API: pick a model and data (path or upload), see the data "
+        "inspection, edit the config with inline validation, start/stop/resume training with live curves, "
+        "compare runs, open reports, chat with any run (streamed) and export it.",
+    )
+    ui.add_argument("--runs-dir", default="runs", help="where runs are listed and written (default: runs)")
+    ui.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    ui.add_argument("--port", type=int, default=7860, help="default 7860")
+    ui.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: env CHATTUNE_API_KEY)")
+    ui.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="for chat (default: auto)")
 
 
 def _add_serve_parser(sub) -> None:

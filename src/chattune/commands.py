@@ -64,8 +64,8 @@ def _config_and_overrides(args: Namespace) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(args: Namespace) -> int:
+    from chattune.api import train
     from chattune.config import load_config
-    from chattune.training.trainer import train
 
     cfg = load_config(*_config_and_overrides(args))
     if getattr(args, "nproc", None) is not None:
@@ -83,7 +83,7 @@ def cmd_train(args: Namespace) -> int:
     from chattune.training.interrupt import TrainingInterrupted
 
     try:
-        train(cfg, resume=getattr(args, "resume", None))
+        train(cfg, resume=getattr(args, "resume", None), if_exists="error")
     except TrainingInterrupted as stop:
         return _report_interrupted(stop, getattr(args, "argv", None) or ["train", *filter(None, [args.config]), *args.overrides])
     return 0
@@ -124,10 +124,11 @@ def _device_and_dtype(args: Namespace) -> tuple[str, str]:
 
 
 def cmd_chat(args: Namespace) -> int:
-    from chattune.infer.chat import ChatModel, repl
+    from chattune.api import load
+    from chattune.infer.chat import repl
 
     device, dtype = _device_and_dtype(args)
-    chat = ChatModel.load(args.target, device=device, dtype=dtype)
+    chat = load(args.target, device=device, dtype=dtype)
     if args.system:
         chat.system = args.system
     settings = _settings(args)
@@ -155,12 +156,12 @@ HANDLERS = {"train": cmd_train, "chat": cmd_chat, "demo": cmd_demo, "config": cm
 
 
 def cmd_export(args: Namespace) -> int:
+    from chattune.api import export
     from chattune.exporting.merge import ExportError
-    from chattune.exporting.pipeline import export_run
 
     try:
-        export_run(args.run_dir, args.out, args.format, args.gguf_dtype, args.tolerance, args.force,
-                   dtype=args.dtype)
+        export(args.run_dir, args.out, args.format, gguf_dtype=args.gguf_dtype, tolerance=args.tolerance,
+               force=args.force, dtype=args.dtype)
     except ExportError as err:
         Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
         return 1
@@ -183,32 +184,24 @@ HANDLERS["predict"] = cmd_predict
 
 
 def cmd_data(args: Namespace) -> int:
-    from chattune.config import load_config
-    from chattune.data.inspect import inspect_data
-    from chattune.model.load import load_tokenizer
+    from chattune.api import inspect_data
 
-    cfg = load_config(*_config_and_overrides(args))
-    return 1 if inspect_data(cfg, load_tokenizer(cfg.model), args.n, Console()).report.errors else 0
+    config, overrides = _config_and_overrides(args)
+    return 1 if inspect_data(config, overrides=overrides, examples=args.n, console=Console()).report.errors else 0
 
 
 HANDLERS["data"] = cmd_data
 
 
 def cmd_eval(args: Namespace) -> int:
-    from chattune.config import ConfigError
-    from chattune.eval.runner import print_summary, run_eval
-    from chattune.metrics import parse_metric_list
+    from chattune.api import evaluate
+    from chattune.eval.runner import print_summary
 
-    try:
-        metrics = parse_metric_list(args.metric)
-    except ValueError as err:
-        raise ConfigError(f"--metric: {err}") from None
     labels = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else None
-    if labels and "accuracy" not in metrics:
-        metrics.append("accuracy")
     device, dtype = _device_and_dtype(args)
-    result = run_eval(args.target, args.data, metrics, labels, args.max_new_tokens, args.batch_size,
-                      device, args.out, settings=args.set, like=args.like, dtype=dtype)
+    result = evaluate(args.target, args.data, args.metric, labels=labels, max_new_tokens=args.max_new_tokens,
+                      batch_size=args.batch_size, device=device, dtype=dtype, out=args.out, like=args.like,
+                      settings=args.set)
     print_summary(result, Console())
     return 0
 
@@ -268,3 +261,22 @@ def cmd_serve(args: Namespace) -> int:
 
 
 HANDLERS["serve"] = cmd_serve
+
+
+def cmd_ui(args: Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    from chattune.model.load import pick_device
+    from chattune.ui.app import create_ui_app
+
+    api_key = args.api_key or os.environ.get("CHATTUNE_API_KEY") or None
+    app = create_ui_app(args.runs_dir, api_key=api_key, device=pick_device(args.device))
+    Console(stderr=True).print(f"chattune ui on http://{args.host}:{args.port}/ (runs in {args.runs_dir}; "
+                               f"{'API key required' if api_key else 'no API key'})", highlight=False)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+HANDLERS["ui"] = cmd_ui

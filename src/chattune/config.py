@@ -136,6 +136,11 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     set_dotted(raw, key, _override_value(key.strip().split("."), text), what=f"override {item!r}")
 
 
+def parse_override_value(key: str, text: str) -> Any:
+    """The value `key=text` sets on the command line (the web UI's form fields read the same way)."""
+    return _override_value(key.strip().split("."), text)
+
+
 def _override_value(parts: list[str], text: str) -> Any:
     """YAML for typed values (numbers, lists, mappings); text keys keep the text as written.
 

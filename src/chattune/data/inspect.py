@@ -67,23 +67,22 @@ def print_sources(data: Prepared, data_cfg: DataConfig, console: Console) -> Non
     console.print(table)
 
 
-def length_histogram(lengths: list[int], max_length: int, bins: int = BINS) -> list[str]:
-    """Text rows 'lo-hi | bar count'; rows past max_length are flagged."""
+def histogram_bins(lengths: list[int], bins: int = BINS) -> list[tuple[int, int, int]]:
+    """(lo, hi, count) for up to `bins` equal-width bins over the lengths."""
     if not lengths:
         return []
     low, top = min(lengths), max(lengths)
     width = max(1, -(-(top - low + 1) // bins))
     counts = Counter((length - low) // width for length in lengths)
-    peak = max(counts.values())
-    rows = []
-    for b in range(bins):
-        lo, hi = low + b * width, low + (b + 1) * width - 1
-        if lo > top:
-            break
-        bar = "█" * round(BAR_WIDTH * counts[b] / peak)
-        flag = "  > max_length" if hi > max_length else ""
-        rows.append(f"{lo:>6}-{hi:<6}| {bar:<{BAR_WIDTH}} {counts[b]}{flag}")
-    return rows
+    return [(low + b * width, low + (b + 1) * width - 1, counts[b]) for b in range(bins) if low + b * width <= top]
+
+
+def length_histogram(lengths: list[int], max_length: int, bins: int = BINS) -> list[str]:
+    """Text rows 'lo-hi | bar count'; rows past max_length are flagged."""
+    rows = histogram_bins(lengths, bins)
+    peak = max((count for _, _, count in rows), default=1)
+    return [f"{lo:>6}-{hi:<6}| {'█' * round(BAR_WIDTH * count / peak):<{BAR_WIDTH}} {count}"
+            f"{'  > max_length' if hi > max_length else ''}" for lo, hi, count in rows]
 
 
 def print_histogram(lengths: list[int], max_length: int, console: Console) -> None:
@@ -118,25 +117,53 @@ def print_findings(label: str, colour: str, findings: list[Finding], console: Co
             console.print(f"  ... and {len(items) - SHOWN_PER_KIND} more")
 
 
-def render_example(tokenizer, ids: list[int], labels: list[int]) -> Text:
-    """Decode runs of tokens with the same style together (keeps multi-byte characters whole)."""
+STYLES = {"trained": "green", "context": "dim", "special": "magenta", "special-trained": "bold magenta on dark_green"}
+
+
+def example_segments(tokenizer, ids: list[int], labels: list[int]) -> list[tuple[str, str]]:
+    """(text, kind) runs: kind is trained, context, special or special-trained. Runs of tokens of one
+    kind are decoded together (keeps multi-byte characters whole); each special token is its own run."""
     special = set(tokenizer.all_special_ids)
-    text = Text()
+    segments: list[tuple[str, str]] = []
     run: list[int] = []
-    run_style = None
+    run_kind = None
     for token, label in zip(ids, labels, strict=True):
-        style = "magenta" if token in special else ("green" if label != IGNORE_INDEX else "dim")
-        if token in special and label != IGNORE_INDEX:
-            style = "bold magenta on dark_green"
-        if style != run_style or token in special:
-            _flush(text, tokenizer, run, run_style)
-            run, run_style = [], style
+        kind = "trained" if label != IGNORE_INDEX else "context"
+        if token in special:
+            kind = "special-trained" if kind == "trained" else "special"
+        if kind != run_kind or token in special:
+            _flush(segments, tokenizer, run, run_kind)
+            run, run_kind = [], kind
         run.append(token)
-    _flush(text, tokenizer, run, run_style)
+    _flush(segments, tokenizer, run, run_kind)
+    return segments
+
+
+def render_example(tokenizer, ids: list[int], labels: list[int]) -> Text:
+    text = Text()
+    for piece, kind in example_segments(tokenizer, ids, labels):
+        text.append(piece.replace("\n", "↵\n"), style=STYLES[kind])
     return text
 
 
-def _flush(text: Text, tokenizer, run: list[int], style: str | None) -> None:
+def _flush(segments: list, tokenizer, run: list[int], kind: str | None) -> None:
     if run:
-        piece = tokenizer.decode(run, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        text.append(piece.replace("\n", "↵\n"), style=style)
+        segments.append((tokenizer.decode(run, skip_special_tokens=False, clean_up_tokenization_spaces=False), kind))
+
+
+def inspection_report(data: Prepared, cfg, tokenizer, n: int) -> dict:
+    """What `inspect_data` prints, as JSON-ready data (the web UI renders it): template, sources,
+    length histogram, per-split stats, every finding (where = file:line:field) and n examples."""
+    findings = {name: [{"where": f.where, "message": f.message, "kind": f.kind} for f in items]
+                for name, items in (("errors", data.report.errors), ("warnings", data.report.warnings),
+                                    ("skipped", data.report.skipped))}
+    examples = [{"source": data.train.source(i), "tokens": len(data.train[i]["input_ids"]),
+                 "trained": sum(x != IGNORE_INDEX for x in data.train[i]["labels"]),
+                 "segments": example_segments(tokenizer, data.train[i]["input_ids"], data.train[i]["labels"])}
+                for i in range(min(n, len(data.train)))]
+    return {"template": data.report.template or "none", "max_length": cfg.data.max_length,
+            "sources": {split: dict(counts) for split, counts in data.origins.items()},
+            "histogram": [{"lo": lo, "hi": hi, "count": c, "over_max_length": hi > cfg.data.max_length}
+                          for lo, hi, c in histogram_bins(data.lengths)],
+            "stats": {split: stats for split, stats in data.stats.items() if data.usable.get(split)},
+            **findings, "examples": examples}

@@ -242,8 +242,8 @@ class Guard:
     cannot slip past the limit; later receives pass through, so disconnects are still seen.
     """
 
-    def __init__(self, app, api_key: str | None, max_body_bytes: int):
-        self.app, self.api_key, self.max_body = app, api_key, max_body_bytes
+    def __init__(self, app, api_key: str | None, max_body_bytes: int, public_paths: frozenset = PUBLIC_PATHS):
+        self.app, self.api_key, self.max_body, self.public = app, api_key, max_body_bytes, public_paths
         self.key_digest = hashlib.sha256(api_key.encode("utf-8")).digest() if api_key else None
 
     async def __call__(self, scope, receive, send):
@@ -251,7 +251,7 @@ class Guard:
             return await send({"type": "websocket.close", "code": 1008})  # no websocket routes either way
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if self.key_digest and scope["path"] not in PUBLIC_PATHS and not self._authorized(scope):
+        if self.key_digest and scope["path"] not in self.public and not self._authorized(scope):
             response = error_response(401, "Incorrect or missing API key: send 'Authorization: Bearer KEY'",
                                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
             return await response(scope, receive, send)

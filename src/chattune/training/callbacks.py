@@ -64,6 +64,7 @@ class MetricsLogger(TrainerCallback):
             self._add_throughput(record)
         if len(record) <= 2:
             return  # a summary log (train_runtime etc.), not a step
+        record["max_steps"] = state.max_steps  # progress for readers of a live run (the web UI)
         self.add(record)
 
     def add(self, record: dict) -> None:
