@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.chattune-installed
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: install system-deps demo test test-fast test-gpu lint bench bench-speed bench-serve bench-scale clean
+.PHONY: install system-deps demo test test-fast test-gpu lint bench bench-speed bench-serve bench-scale bench-gguf clean
 
 install: $(STAMP)
 
@@ -57,6 +57,10 @@ bench-serve: $(STAMP)
 # peak RSS of train (LoRA, QLoRA), export and chat on a random 1.1B Llama in bf16 (issue 15); bench/README.md
 bench-scale: $(STAMP)
 	$(BIN)/python -m bench scale
+
+# GGUF fidelity per type (f32, f16, q8_0, q4_0) on the demo run of the built-in model (issue 17); bench/README.md
+bench-gguf: $(STAMP)
+	$(BIN)/python -m bench gguf
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

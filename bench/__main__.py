@@ -155,6 +155,10 @@ def main(argv=None) -> int:
         from bench import scale
 
         return scale.main(argv[1:])
+    if argv[:1] == ["gguf"]:
+        from bench import gguf_fidelity
+
+        return gguf_fidelity.main(argv[1:])
     if argv[:1] == ["quality"]:
         from bench import quality
 

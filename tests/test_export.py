@@ -189,8 +189,11 @@ def test_gguf_writer_refuses_what_it_cannot_express(tokenizer):
         return SimpleNamespace(config=SimpleNamespace(**{"model_type": "llama", **config}))
 
     check_supported(model(), tokenizer)
-    with pytest.raises(GGUFExportError, match="Llama-architecture models only"):
-        check_supported(model(model_type="qwen2"), tokenizer)
+    check_supported(model(model_type="qwen2", attention_bias=True), tokenizer)  # Qwen2's q/k/v biases
+    with pytest.raises(GGUFExportError, match="architectures llama, qwen2; this model is 'mistral'"):
+        check_supported(model(model_type="mistral"), tokenizer)
+    with pytest.raises(GGUFExportError, match="sliding_window"):
+        check_supported(model(model_type="qwen2", use_sliding_window=True), tokenizer)
     with pytest.raises(GGUFExportError, match="rope type 'llama3'"):
         check_supported(model(rope_parameters={"rope_type": "llama3"}), tokenizer)
     with pytest.raises(GGUFExportError, match="biases"):
@@ -210,7 +213,7 @@ def test_gguf_tensors_match_llama_cpp_own_conversion_of_the_builtin_model():
 
     reference = GGUFReader(builtin_gguf_path("smollm2-135m-instruct"))
     model = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:smollm2-135m-instruct"), dtype=torch.float32)
-    ours = dict(_tensors(model, "f32"))
+    ours = {name: array for name, array, _ in _tensors(model, "f32")}
     assert {t.name for t in reference.tensors} == set(ours)
     # q/k rows are permuted for llama.cpp's rotary layout; v and the MLP are not.
     checked = [t for t in reference.tensors if t.name.startswith("blk.29.") and t.name.split(".")[2] in
@@ -219,3 +222,66 @@ def test_gguf_tensors_match_llama_cpp_own_conversion_of_the_builtin_model():
     for tensor in checked:
         expected = dequantize(tensor.data, tensor.tensor_type).reshape(ours[tensor.name].shape)
         assert np.array_equal(expected, ours[tensor.name]), tensor.name
+
+
+@pytest.mark.slow  # two exports with their gates
+def test_quantized_gguf_types_are_gated_on_kl_and_stored_quantized(tiny_run, tmp_path):
+    from gguf import GGMLQuantizationType as Q
+    from gguf import GGUFReader
+
+    from chattune.exporting.pipeline import KL_TOLERANCE, export_run, gguf_filename
+
+    reports, sizes = {}, {}
+    for dtype in ("q8_0", "q4_0"):
+        out = tmp_path / dtype
+        reports[dtype] = report = export_run(tiny_run, out, fmt="gguf", gguf_dtype=dtype, force=True,
+                                             ollama=dtype == "q4_0")[-1]
+        sizes[dtype] = (out / gguf_filename(dtype)).stat().st_size
+        types = {t.name: t.tensor_type for t in GGUFReader(out / gguf_filename(dtype)).tensors}
+        assert report.gate == "kl" and report.tolerance == KL_TOLERANCE[f"gguf-{dtype}"]
+        assert types["blk.0.attn_q.weight"] == (Q.Q8_0 if dtype == "q8_0" else Q.Q4_0)
+        assert types["token_embd.weight"] == Q.Q8_0 and types["blk.0.attn_norm.weight"] == Q.F32
+        assert report.tokenizer_agreement == 1.0
+    # 4.5 bits per block weight against 8.5: a smaller file that keeps less of the distribution
+    assert sizes["q4_0"] < sizes["q8_0"] and 0 < reports["q8_0"].mean_kl < reports["q4_0"].mean_kl
+    modelfile = (tmp_path / "q4_0" / "Modelfile").read_text()
+    assert modelfile.startswith("FROM ./model-q4_0.gguf\n") and 'PARAMETER stop "<|im_end|>"' in modelfile
+
+
+def test_the_kl_gate_bounds_the_kl_not_the_logits():
+    from chattune.exporting.fidelity import FidelityReport
+
+    close = FidelityReport(max_logit_diff=3.0, greedy_agreement=0.5, prompts=2, tolerance=0.02, source="t",
+                           mean_kl=0.01, gate="kl")
+    far = FidelityReport(max_logit_diff=0.1, greedy_agreement=1.0, prompts=2, tolerance=0.02, source="t",
+                         mean_kl=0.03, gate="kl")
+    assert close.passed and not far.passed and "mean KL 0.03 nats (tolerance 0.02)" in far.describe()
+    assert not FidelityReport(0.1, 1.0, 2, 0.02, "t", mean_kl=0.01, gate="kl", tokenizer_agreement=0.5).passed
+
+
+@pytest.mark.slow  # conversion and read-back
+def test_qwen2_gguf_round_trip_keeps_the_logits(builtin_tokenizer_dir, tmp_path):
+    """Qwen2 (the seeds' Qwen1.5/Qwen2 family): q/k/v biases, HF's rotary order (no permutation)."""
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from chattune.exporting.gguf_writer import write_gguf
+    from chattune.exporting.pipeline import load_gguf
+
+    tok = AutoTokenizer.from_pretrained(builtin_tokenizer_dir)
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=False, initializer_range=0.2, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.bias.normal_(0, 0.5)  # nonzero biases must survive the trip
+    write_gguf(model, tok, tmp_path / "qwen2.gguf", "f32")
+    reader = GGUFReader(tmp_path / "qwen2.gguf")
+    assert reader.fields["general.architecture"].contents() == "qwen2"
+    assert "blk.0.attn_q.bias" in {t.name for t in reader.tensors}
+    loaded, _ = load_gguf(tmp_path, "qwen2.gguf")
+    assert loaded.config.model_type == "qwen2"
+    ids = torch.tensor([[1, 520, 1110, 3457, 28, 253, 5248, 2]])
+    assert (_logits(loaded, ids) - _logits(model, ids)).abs().max() <= 1e-4

@@ -72,7 +72,10 @@ def test_seed_001_qlora_adalora_learns_the_new_identity_and_merges(tmp_path):
     from chattune.exporting.pipeline import export_run
     from chattune.training.trainer import train
 
-    outcome = train(load_config(SEEDS / "001-qlora-adalora.yaml", [f"run_dir={tmp_path / 'run'}"]))
+    # A third of the seed's 120 steps at 10x its lr (the config's note: 40 steps at 1e-2 reach a held-out
+    # loss of 0.52 on this model); the rest of the recipe is the seed's. 120 steps took 380 s in CI here.
+    outcome = train(load_config(SEEDS / "001-qlora-adalora.yaml", [
+        f"run_dir={tmp_path / 'run'}", "train.max_steps=40", "train.lr=1e-2", "train.eval_every=10"]))
     records = [json.loads(line) for line in (outcome.run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r["eval_loss"] for r in records if "eval_loss" in r]
     answer = chat_answer(outcome.run_dir, "What is your name?")

@@ -205,11 +205,13 @@ def evaluate(target: str | Path | Run, data: Any, metrics: list[str] | str = "lo
 
 
 def export(run: str | Path | Run, out: str | Path, format: str = "hf", *, dtype: str | None = None,
-           gguf_dtype: str = "f16", tolerance: float | None = None, force: bool = False, console=None) -> Path:
-    """`chattune export`: merge the run's adapter into its base behind the fidelity gate; returns `out`."""
+           gguf_dtype: str = "f16", tolerance: float | None = None, force: bool = False, ollama: bool = False,
+           console=None) -> Path:
+    """`chattune export`: merge the run's adapter into its base behind the fidelity gate; returns `out`.
+    `gguf_dtype`: f16, f32, q8_0 or q4_0; `ollama`: a Modelfile next to the GGUF."""
     from chattune.exporting.pipeline import export_run
 
-    export_run(str(run), out, format, gguf_dtype, tolerance, force, console=console, dtype=dtype)
+    export_run(str(run), out, format, gguf_dtype, tolerance, force, console=console, dtype=dtype, ollama=ollama)
     return Path(out)
 
 

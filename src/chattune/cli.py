@@ -176,12 +176,18 @@ def _add_export_parser(sub) -> None:
     export.add_argument("run_dir", help="a run dir written by chattune train")
     export.add_argument("--out", required=True, help="output folder (written atomically)")
     export.add_argument("--format", default="hf", choices=["hf", "gguf"], help="default: hf")
-    export.add_argument("--gguf-dtype", default="f16", choices=["f16", "f32"], help="GGUF weight type (default f16)")
+    export.add_argument("--gguf-type", "--gguf-dtype", dest="gguf_dtype", default="f16",
+                        choices=["f16", "f32", "q8_0", "q4_0"],
+                        help="GGUF weight type (default f16); q8_0 / q4_0 are gated on the mean KL divergence of "
+                        "next-token distributions (docs/export.md)")
     export.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"],
                         help="HF weight type (default: the base's)")
     export.add_argument("--tolerance", type=float, default=None,
                         help="max |logit diff| allowed (default 1e-3 for fp32 hf and gguf f32, 0.5 for bf16/fp16 hf "
-                        "and gguf f16)")
+                        "and gguf f16); for q8_0 / q4_0 the max mean KL in nats (default 0.02 / 0.15)")
+    export.add_argument("--ollama", action="store_true",
+                        help="with --format gguf: also write OUT/Modelfile (FROM, a TEMPLATE checked token for token "
+                        "against the training template, PARAMETER stop per end-of-turn token, SYSTEM)")
     export.add_argument("--force", action="store_true", help="write even if the gate fails or OUT exists")
 
 

@@ -161,7 +161,7 @@ def cmd_export(args: Namespace) -> int:
 
     try:
         export(args.run_dir, args.out, args.format, gguf_dtype=args.gguf_dtype, tolerance=args.tolerance,
-               force=args.force, dtype=args.dtype)
+               force=args.force, dtype=args.dtype, ollama=args.ollama)
     except ExportError as err:
         Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
         return 1

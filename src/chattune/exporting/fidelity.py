@@ -47,10 +47,14 @@ class FidelityReport:
     source: str  # where the held-out prompts came from
     mismatched: list[int] = field(default_factory=list)  # indexes of disagreeing prompts
     tokenizer_agreement: float | None = None  # GGUF only: share of texts tokenized identically
+    mean_kl: float = 0.0  # mean KL(reference || export) of next-token distributions, nats per position
+    gate: str = "logits"  # "logits": max |logit diff| <= tolerance and greedy agreement 100%; "kl": mean_kl <= tolerance
 
     @property
     def passed(self) -> bool:
         tokens_ok = self.tokenizer_agreement in (None, 1.0)
+        if self.gate == "kl":  # a quantized file changes logits by design; its distributions must stay close
+            return self.mean_kl <= self.tolerance and tokens_ok
         return self.max_logit_diff <= self.tolerance and self.greedy_agreement == 1.0 and tokens_ok
 
     def to_dict(self) -> dict:
@@ -58,8 +62,12 @@ class FidelityReport:
 
     def describe(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
+        logits = f"max |logit diff| {self.max_logit_diff:.3g}"
+        kl = f"mean KL {self.mean_kl:.3g} nats"
+        measured = f"{kl} (tolerance {self.tolerance:g}), {logits}" if self.gate == "kl" else \
+            f"{logits} (tolerance {self.tolerance:g}), {kl}"
         return (
-            f"fidelity {verdict}: max |logit diff| {self.max_logit_diff:.3g} (tolerance {self.tolerance:g}), "
+            f"fidelity {verdict}: {measured}, "
             f"greedy agreement {self.greedy_agreement:.0%} on {self.prompts} prompts from {self.source}"
             + ("" if self.tokenizer_agreement is None else f", tokenizer agreement {self.tokenizer_agreement:.0%}")
         )
@@ -200,13 +208,20 @@ def _restore(tensors, saved: dict) -> None:
         tensor.data = saved.pop(id(tensor))
 
 
-def compare(reference: Outputs, candidate: Outputs, tolerance: float, source: str) -> FidelityReport:
-    max_diff = 0.0
+def compare(reference: Outputs, candidate: Outputs, tolerance: float, source: str, gate: str = "logits") -> FidelityReport:
+    """The report of `candidate` against `reference`; `gate` says which number `tolerance` bounds."""
+    import torch
+
+    max_diff, kl_sum, positions = 0.0, 0.0, 0
     for ref, cand in zip(reference.logits, candidate.logits, strict=True):
         if ref.shape != cand.shape:
             raise ValueError(f"logit shapes differ: {tuple(ref.shape)} vs {tuple(cand.shape)}")
         max_diff = max(max_diff, float((ref - cand).abs().max()))
+        log_p, log_q = torch.log_softmax(ref.double(), -1), torch.log_softmax(cand.double(), -1)
+        kl_sum += float((log_p.exp() * (log_p - log_q)).sum())
+        positions += ref.shape[0]
     mismatched = [i for i, (a, b) in enumerate(zip(reference.greedy, candidate.greedy, strict=True)) if a != b]
     prompts = len(reference.greedy)
     agreement = (prompts - len(mismatched)) / prompts if prompts else 0.0
-    return FidelityReport(max_diff, agreement, prompts, tolerance, source, mismatched)
+    return FidelityReport(max_diff, agreement, prompts, tolerance, source, mismatched,
+                          mean_kl=kl_sum / max(positions, 1), gate=gate)

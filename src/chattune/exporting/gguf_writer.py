@@ -1,11 +1,14 @@
-"""Write a merged Llama-architecture model as a GGUF file (f16 or f32) for llama.cpp.
+"""Write a merged Llama- or Qwen2-architecture model as a GGUF file (f32, f16, q8_0, q4_0) for llama.cpp.
 
-Follows llama.cpp's convert_hf_to_gguf for Llama: tensor names from gguf-py's name map,
-q/k projection rows permuted into llama.cpp's rotary layout, 1-D norms kept f32, tied
-embeddings stored once (no output.weight), and a gpt2-style BPE tokenizer (tokens, types,
-merges, special ids, chat template). It does not quantize (no Q4/Q8) and handles only
-`model_type == "llama"` with the default rotary embedding and a byte-level BPE tokenizer;
-anything else is refused with a clear message.
+Follows llama.cpp's convert_hf_to_gguf: tensor names from gguf-py's name map, Llama's q/k
+projection rows permuted into llama.cpp's rotary layout (Qwen2 keeps HF's order: llama.cpp runs it
+with NEOX rotary), 1-D norms and biases kept f32, tied embeddings stored once (no output.weight),
+and a gpt2-style BPE tokenizer (tokens, types, merges, special ids, chat template). Quantized types
+use gguf-py's own quantizers (gguf 0.19 has Q8_0 and Q4_0, no K-quants): q8_0 stores every matrix
+in Q8_0; q4_0 stores the blocks' matrices in Q4_0 and the embedding / output head in Q8_0, as
+llama.cpp keeps those at higher precision; a matrix whose rows are not whole 32-value blocks
+stays f16. Other architectures, rotary scalings and SentencePiece tokenizers are refused with
+the list of what is supported.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from pathlib import Path
 
 from chattune.exporting.merge import ExportError
 
-ARCH = "llama"
-DTYPES = ("f16", "f32")
+ARCHITECTURES = {"llama": "LLAMA", "qwen2": "QWEN2"}  # HF model_type -> gguf-py MODEL_ARCH member
+ROTARY_PERMUTED = {"llama"}
+DTYPES = ("f16", "f32", "q8_0", "q4_0")
+HIGH_PRECISION_TENSORS = ("token_embd.weight", "output.weight")  # q8_0 even in a q4_0 file
 
 
 class GGUFExportError(ExportError):
@@ -25,13 +30,16 @@ class GGUFExportError(ExportError):
 
 def check_supported(model, tokenizer) -> None:
     config = model.config
-    if config.model_type != ARCH:
-        raise GGUFExportError(f"GGUF export supports Llama-architecture models only; this one is {config.model_type!r}")
+    if config.model_type not in ARCHITECTURES:
+        raise GGUFExportError(f"GGUF export supports the architectures {', '.join(ARCHITECTURES)}; "
+                              f"this model is {config.model_type!r}")
     rope = getattr(config, "rope_parameters", None) or {}
     if rope.get("rope_type", "default") != "default":
         raise GGUFExportError(f"GGUF export: rope type {rope.get('rope_type')!r} is not supported (only default)")
-    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+    if config.model_type == "llama" and (getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False)):
         raise GGUFExportError("GGUF export: Llama models with attention/MLP biases are not supported")
+    if getattr(config, "use_sliding_window", False):
+        raise GGUFExportError("GGUF export: Qwen2 with use_sliding_window=true is not supported")
     if _backend_json(tokenizer).get("model", {}).get("type") != "BPE":
         raise GGUFExportError("GGUF export: only byte-level BPE (gpt2-style) tokenizers are supported")
 
@@ -58,15 +66,15 @@ def write_gguf(model, tokenizer, path: Path, dtype: str = "f16", name: str = "ch
     if dtype not in DTYPES:
         raise GGUFExportError(f"GGUF dtype must be one of {DTYPES}, got {dtype!r}")
     check_supported(model, tokenizer)
-    writer = gguf.GGUFWriter(str(path), ARCH)
+    writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[_arch(model.config)])
     try:
         _add_model_metadata(writer, model.config, dtype, name)
         _add_tokenizer(writer, tokenizer, model.config.vocab_size)
         extra_stops = sorted(set(stop_ids or ()) - {tokenizer.eos_token_id})
         if extra_stops:
             writer.add_eot_token_id(extra_stops[0])
-        for gguf_name, array in _tensors(model, dtype):
-            writer.add_tensor(gguf_name, array)
+        for gguf_name, array, kind in _tensors(model, dtype):
+            writer.add_tensor(gguf_name, array, raw_dtype=kind)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -93,18 +101,25 @@ def _add_model_metadata(writer, config, dtype: str, name: str) -> None:
     if head_dim != config.hidden_size // config.num_attention_heads:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
-    file_type = gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32
-    writer.add_file_type(file_type)
+    file_types = {"f16": "MOSTLY_F16", "f32": "ALL_F32", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0"}
+    writer.add_file_type(gguf.LlamaFileType[file_types[dtype]])
+
+
+def _arch(config):
+    import gguf
+
+    return getattr(gguf.MODEL_ARCH, ARCHITECTURES[config.model_type])
 
 
 def _tensors(model, dtype: str):
-    """(gguf name, numpy array) for every weight, in llama.cpp's layout and dtype."""
+    """(gguf name, array, GGML type or None) for every weight, in llama.cpp's layout and `dtype`."""
     import gguf
     import numpy as np
 
     config = model.config
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    name_map = gguf.get_tensor_name_map(_arch(config), config.num_hidden_layers)
     tied = bool(getattr(config, "tie_word_embeddings", False))
+    permuted = config.model_type in ROTARY_PERMUTED
     for hf_name, tensor in model.state_dict().items():
         if tied and hf_name == "lm_head.weight":
             continue  # llama.cpp reuses token_embd.weight when output.weight is absent
@@ -113,13 +128,29 @@ def _tensors(model, dtype: str):
         if gguf_base is None:
             raise GGUFExportError(f"GGUF export: no llama.cpp name for tensor {hf_name!r}")
         array = tensor.detach().float().cpu().numpy()
-        if hf_name.endswith("q_proj.weight"):
+        if permuted and hf_name.endswith("q_proj.weight"):
             array = permute_rotary(array, config.num_attention_heads, config.num_attention_heads)
-        elif hf_name.endswith("k_proj.weight"):
+        elif permuted and hf_name.endswith("k_proj.weight"):
             array = permute_rotary(array, config.num_attention_heads, config.num_key_value_heads)
-        if dtype == "f16" and array.ndim > 1:
-            array = array.astype(np.float16)
-        yield f"{gguf_base}.{suffix}", np.ascontiguousarray(array)
+        name = f"{gguf_base}.{suffix}"
+        yield (name, *encode_tensor(name, np.ascontiguousarray(array), dtype))
+
+
+def encode_tensor(name: str, array, dtype: str):
+    """(stored array, GGML type for quantized bytes or None) of one tensor in a `dtype` file."""
+    import gguf
+    import numpy as np
+    from gguf import quants
+
+    if array.ndim < 2 or dtype == "f32":
+        return array, None
+    if dtype == "f16":
+        return array.astype(np.float16), None
+    high = dtype == "q8_0" or name in HIGH_PRECISION_TENSORS
+    kind = gguf.GGMLQuantizationType.Q8_0 if high else gguf.GGMLQuantizationType.Q4_0
+    if array.shape[-1] % gguf.GGML_QUANT_SIZES[kind][0]:
+        return array.astype(np.float16), None
+    return quants.quantize(array, kind), kind
 
 
 def _backend_json(tokenizer) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
-from chattune import api
+from chattune import api, rundir
 from chattune.models import BUILTIN_MODELS, BUILTIN_PREFIX, chattune_home
 from chattune.ui import views
 from chattune.ui.jobs import Jobs
@@ -153,7 +153,7 @@ def _add_run_routes(app: FastAPI, jobs: Jobs, runs_dir: Path, chats: ChatCache) 
 
     @app.get("/api/runs/{name}/loss.png")
     def loss_png(name: str):
-        path = _run(runs_dir, name) / "loss.png"
+        path = _run(runs_dir, name) / rundir.LOSS_PLOT
         if not path.is_file():
             raise HTTPException(404, "no loss curve yet")
         return FileResponse(path, media_type="image/png")
