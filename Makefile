@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.chattune-installed
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: install system-deps demo test test-fast test-gpu lint bench bench-speed bench-serve bench-scale bench-gguf clean
+.PHONY: install system-deps demo test test-fast test-gpu lint bench bench-speed bench-serve bench-scale bench-gguf bench-retrieval clean
 
 install: $(STAMP)
 
@@ -61,6 +61,10 @@ bench-scale: $(STAMP)
 # GGUF fidelity per type (f32, f16, q8_0, q4_0) on the demo run of the built-in model (issue 17); bench/README.md
 bench-gguf: $(STAMP)
 	$(BIN)/python -m bench gguf
+
+# seed 002 with retrieval: retrievers compared, then base / base+retrieval / fine-tuned / fine-tuned+retrieval (bench/README.md)
+bench-retrieval: $(STAMP)
+	$(BIN)/python -m bench retrieval
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -7,7 +7,8 @@ bench/results/<date>.json and .png. `--seeds 3` repeats recipe and chattune for 
 of the held-out loss. Runs bench/predict_speed.py too when it exists.
 `python -m bench serve-load [--seconds 60 --clients 50 ...]` load-tests `chattune serve`
 instead (bench/serve_load.py); `python -m bench data-prepare` times data preparation (bench/data_prepare.py);
-`python -m bench scale` measures peak memory on a 1.1B model (bench/scale.py).
+`python -m bench scale` measures peak memory on a 1.1B model (bench/scale.py); `python -m bench retrieval`
+seed 002 with retrieval (bench/retrieval.py).
 """
 
 from __future__ import annotations
@@ -159,6 +160,10 @@ def main(argv=None) -> int:
         from bench import gguf_fidelity
 
         return gguf_fidelity.main(argv[1:])
+    if argv[:1] == ["retrieval"]:
+        from bench import retrieval
+
+        return retrieval.main(argv[1:])
     if argv[:1] == ["quality"]:
         from bench import quality
 

@@ -79,3 +79,15 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def save_report(report: dict, suffix: str) -> Path:
+    """bench/results/<date>-<time>-<suffix>.json, after printing the machine it was measured on."""
+    from datetime import datetime
+
+    results = REPO / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / datetime.now().strftime(f"%Y-%m-%d-%H%M-{suffix}.json")
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"machine: {json.dumps(report['machine'])}")
+    return path

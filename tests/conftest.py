@@ -92,6 +92,24 @@ def straight(tiny_model_dir, tmp_path_factory):
     return run_dir
 
 
+@pytest.fixture(scope="module")
+def tiny_run(varied_tiny_model_dir, tmp_path_factory):
+    """A trained tiny run whose LoRA B weights are then made large, so the adapter matters."""
+    from adapter_helpers import strengthen_adapter
+    from chattune.config import load_config
+    from chattune.training.trainer import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = load_config(None, [
+        f"model.name={varied_tiny_model_dir}", f"run_dir={run_dir}", "name=tiny", "data.size=12",
+        "data.eval_ratio=0.25", "train.max_steps=1", "train.batch_size=2", "train.grad_accum=1",
+        "train.precision=fp32", "lora.dropout=0.0",
+    ])
+    train(cfg)
+    strengthen_adapter(run_dir)
+    return run_dir
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` run where CUDA is; elsewhere they are reported as skipped, with the reason."""
     gpu_items = [item for item in items if "gpu" in item.keywords]

@@ -43,6 +43,8 @@ def _keys(model: type[BaseModel], prefix: str = "") -> list[str]:
             item = _section(typing.get_args(arg)[0]) if typing.get_origin(arg) is list else None
             if item is not None:
                 keys += _keys(item, f"{prefix}{name}[].")
+            if _section(arg) is not None:  # an optional subsection, e.g. data.retrieval
+                keys += _keys(arg, f"{prefix}{name}.")
     return keys
 
 

@@ -10,23 +10,6 @@ from chattune.cli import main
 from chattune.config import load_config
 
 
-@pytest.fixture(scope="module")
-def tiny_run(varied_tiny_model_dir, tmp_path_factory):
-    """A trained tiny run whose LoRA B weights are then made large, so the adapter matters."""
-    from adapter_helpers import strengthen_adapter
-    from chattune.training.trainer import train
-
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    cfg = load_config(None, [
-        f"model.name={varied_tiny_model_dir}", f"run_dir={run_dir}", "name=tiny", "data.size=12",
-        "data.eval_ratio=0.25", "train.max_steps=1", "train.batch_size=2", "train.grad_accum=1",
-        "train.precision=fp32", "lora.dropout=0.0",
-    ])
-    train(cfg)
-    strengthen_adapter(run_dir)
-    return run_dir
-
-
 def _logits(model, ids):
     with torch.inference_mode():
         return model(input_ids=ids).logits
@@ -246,6 +229,14 @@ def test_quantized_gguf_types_are_gated_on_kl_and_stored_quantized(tiny_run, tmp
     assert sizes["q4_0"] < sizes["q8_0"] and 0 < reports["q8_0"].mean_kl < reports["q4_0"].mean_kl
     modelfile = (tmp_path / "q4_0" / "Modelfile").read_text()
     assert modelfile.startswith("FROM ./model-q4_0.gguf\n") and 'PARAMETER stop "<|im_end|>"' in modelfile
+    # auto: smallest first; a tolerance between the two measured KLs refuses q4_0 and writes q8_0
+    between = (reports["q8_0"].mean_kl * reports["q4_0"].mean_kl) ** 0.5
+    report = export_run(tiny_run, tmp_path / "auto", fmt="gguf", tolerance=between, ollama=True)[-1]
+    written = json.loads((tmp_path / "auto" / "export_report.json").read_text())
+    assert written["type"] == "q8_0" and report.passed and report.mean_kl == pytest.approx(reports["q8_0"].mean_kl)
+    assert [t["type"] for t in written["auto"]["refused"]] == ["q4_0"] and "fidelity gate failed" in written["auto"]["refused"][0]["refused"]
+    assert sorted(p.name for p in (tmp_path / "auto").glob("*.gguf")) == ["model-q8_0.gguf"]
+    assert (tmp_path / "auto" / "Modelfile").read_text().startswith("FROM ./model-q8_0.gguf\n")
 
 
 def test_the_kl_gate_bounds_the_kl_not_the_logits():
@@ -285,3 +276,47 @@ def test_qwen2_gguf_round_trip_keeps_the_logits(builtin_tokenizer_dir, tmp_path)
     assert loaded.config.model_type == "qwen2"
     ids = torch.tensor([[1, 520, 1110, 3457, 28, 253, 5248, 2]])
     assert (_logits(loaded, ids) - _logits(model, ids)).abs().max() <= 1e-4
+
+
+@pytest.mark.slow  # conversion and read-back
+def test_a_sentencepiece_style_tokenizer_round_trips_through_gguf(tmp_path):
+    """Llama-2 style vocabularies: written as llama.cpp's 'llama' (SentencePiece) vocab with scores and byte
+    tokens; transformers' GGUF reader gives back the same ids for every text, bytes included."""
+    from gguf import GGUFReader
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from chattune.exporting.gguf_writer import tokenizer_kind, write_gguf
+    from chattune.exporting.pipeline import load_gguf
+    from gguf_helpers import sentencepiece_style_tokenizer
+
+    tok = sentencepiece_style_tokenizer()
+    assert tokenizer_kind(tok) == "llama"
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    write_gguf(model, tok, tmp_path / "spm.gguf", "f32")
+    reader = GGUFReader(tmp_path / "spm.gguf")
+    assert reader.fields["tokenizer.ggml.model"].contents() == "llama"
+    types = reader.fields["tokenizer.ggml.token_type"].contents()
+    assert types[tok.convert_tokens_to_ids("<0x41>")] == 6  # BYTE
+    loaded, read_back = load_gguf(tmp_path, "spm.gguf")
+    texts = ["The quick brown fox.", "Stocks fell after the lazy report", "天气很好", "emoji 🐟 and ünïcode", "  two  spaces"]
+    for text in texts:
+        assert read_back(text)["input_ids"] == tok(text)["input_ids"], text
+    ids = torch.tensor([tok("The model learned its new name.")["input_ids"]])
+    assert (_logits(loaded, ids) - _logits(model, ids)).abs().max() <= 1e-4
+
+
+def test_a_tokenizer_llama_cpp_cannot_read_as_written_is_refused(tiny_model_dir):
+    """WordPiece (or Unigram) has no GGUF form this writer makes: refused before any work, naming both kinds."""
+    from tokenizers import Tokenizer, models
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from chattune.exporting.gguf_writer import GGUFExportError, check_supported, tokenizer_kind
+
+    wordpiece = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]")))
+    assert tokenizer_kind(wordpiece) is None
+    with pytest.raises(GGUFExportError, match="byte-level BPE.*SentencePiece-style"):
+        check_supported(AutoModelForCausalLM.from_pretrained(tiny_model_dir), wordpiece)

@@ -182,16 +182,38 @@ def load(target: str | Path | Run, device: str = "auto", dtype: str = "auto") ->
 def evaluate(target: str | Path | Run, data: Any, metrics: list[str] | str = "loss", *,
              labels: list[str] | None = None, max_new_tokens: int = 64, batch_size: int = 8,
              device: str = "auto", dtype: str = "auto", out: str | Path | None = None,
-             like: str | Path | Run | None = None, settings: list[str] | None = None, console=None) -> EvalResult:
+             like: str | Path | Run | None = None, settings: list[str] | None = None, console=None,
+             retrieval: bool = True) -> EvalResult:
     """`chattune eval`: score `target` on `data` (a path or rows in memory); writes an eval folder.
 
     `metrics`: names or a comma list (loss, exact, accuracy, rouge, stop_rate; chattune.metrics).
+    `retrieval` False: a data.retrieval run's prompts without the retrieved examples.
     """
-    from chattune.config import ConfigError
     from chattune.data.inline import inline_data_path
     from chattune.eval.runner import run_eval
-    from chattune.metrics import parse_metric_list
     from chattune.model.load import pick_device
+
+    names = _metric_names(metrics, labels)
+    return run_eval(str(target), inline_data_path(data), names, labels, max_new_tokens, batch_size,
+                    pick_device(device), out, console=console, settings=settings,
+                    like=str(like) if like is not None else None, dtype=dtype, retrieval=retrieval)
+
+
+def retrieval_ablation(run: str | Path | Run, data: Any, metrics: list[str] | str = "accuracy", *,
+                       device: str = "auto", console=None, **options) -> dict:
+    """`chattune eval RUN --retrieval-ablation`: base zero-shot, base + retrieval, fine-tuned and
+    fine-tuned + retrieval on `data`, one eval folder each; returns the table (eval/ablation.py)."""
+    from chattune.data.inline import inline_data_path
+    from chattune.eval.ablation import retrieval_ablation as ablation
+    from chattune.model.load import pick_device
+
+    names = _metric_names(metrics, options.get("labels"))
+    return ablation(str(run), inline_data_path(data), names, console=console, device=pick_device(device), **options)
+
+
+def _metric_names(metrics: list[str] | str, labels) -> list[str]:
+    from chattune.config import ConfigError
+    from chattune.metrics import parse_metric_list
 
     try:
         names = parse_metric_list(metrics if isinstance(metrics, str) else ",".join(metrics))
@@ -199,16 +221,14 @@ def evaluate(target: str | Path | Run, data: Any, metrics: list[str] | str = "lo
         raise ConfigError(f"metrics (--metric): {err}") from None
     if labels and "accuracy" not in names:
         names.append("accuracy")
-    return run_eval(str(target), inline_data_path(data), names, labels, max_new_tokens, batch_size,
-                    pick_device(device), out, console=console, settings=settings,
-                    like=str(like) if like is not None else None, dtype=dtype)
+    return names
 
 
 def export(run: str | Path | Run, out: str | Path, format: str = "hf", *, dtype: str | None = None,
-           gguf_dtype: str = "f16", tolerance: float | None = None, force: bool = False, ollama: bool = False,
+           gguf_dtype: str = "auto", tolerance: float | None = None, force: bool = False, ollama: bool = False,
            console=None) -> Path:
     """`chattune export`: merge the run's adapter into its base behind the fidelity gate; returns `out`.
-    `gguf_dtype`: f16, f32, q8_0 or q4_0; `ollama`: a Modelfile next to the GGUF."""
+    `gguf_dtype`: auto (the smallest type whose gate passes), f16, f32, q8_0 or q4_0; `ollama`: a Modelfile next to the GGUF."""
     from chattune.exporting.pipeline import export_run
 
     export_run(str(run), out, format, gguf_dtype, tolerance, force, console=console, dtype=dtype, ollama=ollama)

@@ -176,10 +176,11 @@ def _add_export_parser(sub) -> None:
     export.add_argument("run_dir", help="a run dir written by chattune train")
     export.add_argument("--out", required=True, help="output folder (written atomically)")
     export.add_argument("--format", default="hf", choices=["hf", "gguf"], help="default: hf")
-    export.add_argument("--gguf-type", "--gguf-dtype", dest="gguf_dtype", default="f16",
-                        choices=["f16", "f32", "q8_0", "q4_0"],
-                        help="GGUF weight type (default f16); q8_0 / q4_0 are gated on the mean KL divergence of "
-                        "next-token distributions (docs/export.md)")
+    export.add_argument("--gguf-type", "--gguf-dtype", dest="gguf_dtype", default="auto",
+                        choices=["auto", "f16", "f32", "q8_0", "q4_0"],
+                        help="GGUF weight type; q8_0 / q4_0 are gated on the mean KL divergence of next-token "
+                        "distributions; auto (default): the smallest of q4_0, q8_0, f16, f32 that passes its gate "
+                        "(docs/export.md)")
     export.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"],
                         help="HF weight type (default: the base's)")
     export.add_argument("--tolerance", type=float, default=None,
@@ -230,6 +231,12 @@ def _add_eval_parsers(sub) -> None:
     evaluate.add_argument("--like", metavar="RUN_DIR",
                           help="read and render the rows as RUN_DIR was trained (its data.prompt, data.system, tokenizer "
                           "and chat template): score a base model on the same raw file, in the same format, as a run")
+    retrieval = evaluate.add_mutually_exclusive_group()
+    retrieval.add_argument("--no-retrieval", action="store_true",
+                           help="a data.retrieval run: prompts without the retrieved examples")
+    retrieval.add_argument("--retrieval-ablation", action="store_true",
+                           help="a data.retrieval run: score base zero-shot, base + retrieval, fine-tuned and "
+                           "fine-tuned + retrieval on --data, in one table")
 
     report = sub.add_parser(
         "report", help="write RUN_DIR/report.html (self-contained: config, data, curves, metrics, predictions)",

@@ -199,9 +199,16 @@ def cmd_eval(args: Namespace) -> int:
 
     labels = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else None
     device, dtype = _device_and_dtype(args)
-    result = evaluate(args.target, args.data, args.metric, labels=labels, max_new_tokens=args.max_new_tokens,
-                      batch_size=args.batch_size, device=device, dtype=dtype, out=args.out, like=args.like,
-                      settings=args.set)
+    options = dict(labels=labels, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, device=device,
+                   dtype=dtype, settings=args.set)
+    if args.retrieval_ablation:
+        from chattune.api import retrieval_ablation
+        from chattune.eval.ablation import print_ablation
+
+        print_ablation(retrieval_ablation(args.target, args.data, args.metric, **options), Console())
+        return 0
+    result = evaluate(args.target, args.data, args.metric, out=args.out, like=args.like,
+                      retrieval=not args.no_retrieval, **options)
     print_summary(result, Console())
     return 0
 

@@ -33,4 +33,7 @@ def anchor_paths(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
     for source in sources if isinstance(sources, list) else []:
         if isinstance(source, dict) and "path" in source:
             source["path"] = anchored(source["path"])
+    retrieval = raw.get("data", {}).get("retrieval") if isinstance(raw.get("data"), dict) else None
+    if isinstance(retrieval, dict) and "corpus" in retrieval:
+        retrieval["corpus"] = anchored(retrieval["corpus"])
     return raw

@@ -46,6 +46,32 @@ class DataSource(Section):
     weight: float = Field(1.0, gt=0, description="examples taken = rows x weight (2: twice, 0.5: a seeded half)")
 
 
+RETRIEVERS = ("bm25",)  # data/retrieval.py: RETRIEVER_BUILDERS
+
+
+class RetrievalConfig(Section):
+    """Retrieval-augmented prompts (data.retrieval): the k nearest labelled examples go into {examples}."""
+
+    corpus: str | None = Field(None, description="labelled rows to retrieve from; default: the training file (data.path)")
+    k: int = Field(3, gt=0, le=32, description="examples put into each prompt")
+    field: str | None = Field(
+        None, description="the text column to search with; default: the first column data.prompt names"
+    )
+    label: str | None = Field(None, description="the label column of the corpus; default: data.response")
+    retriever: Literal["bm25"] = Field(
+        "bm25", description="bm25: words and CJK character unigrams+bigrams (bench/README.md: retrieval)"
+    )
+    example: str = Field("{text} => {label}", description="how one retrieved example is written ({text}, {label})")
+    header: str = Field("Labelled examples of similar texts:", description="the line above the examples ('' for none)")
+
+    @field_validator("example")
+    @classmethod
+    def _example_names_both(cls, value: str) -> str:
+        if "{text}" not in value or "{label}" not in value:
+            raise ValueError("data.retrieval.example must contain {text} and {label}")
+        return value
+
+
 class DataConfig(Section):
     """What to train on and how rows become trained tokens (docs/data.md)."""
 
@@ -81,11 +107,16 @@ class DataConfig(Section):
     author: str = Field("the chattune team", description="assistant author for builtin:self-cognition")
     size: int = Field(48, gt=0, description="conversations drawn for builtin:self-cognition")
     replay: int = Field(0, ge=0, description="general rows (built-in replay split, cycled past 64) mixed into training")
+    retrieval: RetrievalConfig | None = Field(
+        None, description="put the k most similar labelled rows into {examples} of data.prompt (docs/data.md)"
+    )
 
     @model_validator(mode="after")
     def _task_conversion_needs_both(self):
         if bool(self.prompt) != bool(self.response):
             raise ValueError("task conversion needs both data.prompt and data.response (the answer column)")
+        if self.retrieval and "{examples}" not in (self.prompt or ""):
+            raise ValueError("data.retrieval needs data.prompt with an {examples} placeholder (and data.response)")
         if self.sources and self.path != BUILTIN_DATA:
             raise ValueError("give data.path or data.sources, not both")
         return self

@@ -110,7 +110,7 @@ _BOUNDS = ((annotated_types.Gt, ">"), (annotated_types.Ge, "≥"), (annotated_ty
 
 def config_markdown() -> str:
     """docs/configuration.md: the preamble, one table per section of RunConfig, why the defaults."""
-    path_keys = ", ".join(f"`{section}.{key}`" for section, key in PATH_KEYS) + ", `data.sources[].path`"
+    path_keys = ", ".join(f"`{section}.{key}`" for section, key in PATH_KEYS) + ", `data.sources[].path`, `data.retrieval.corpus`"
     relative_paths = textwrap.fill(RELATIVE_PATHS.format(path_keys=path_keys), 100, break_on_hyphens=False)
     parts = [PREAMBLE.format(command=CONFIG_COMMAND, relative_paths=relative_paths)]
     top = [(name, field) for name, field in RunConfig.model_fields.items() if _section(field.annotation) is None]
@@ -119,11 +119,14 @@ def config_markdown() -> str:
         model = _section(field.annotation)
         if model is not None:
             parts.append(_table(f"`{name}`", _doc(model), list(model.model_fields.items()), prefix=f"{name}."))
-            for key, sub in model.model_fields.items():  # a list of records, e.g. data.sources
+            for key, sub in model.model_fields.items():  # a list of records (data.sources) or a subsection
                 item = _list_item_model(sub.annotation)
                 if item is not None:
                     parts.append(_table(f"`{name}.{key}` items", _doc(item), list(item.model_fields.items()),
                                         prefix=f"{name}.{key}[].", level="###"))
+                if (optional := _optional_model(sub.annotation)) is not None:  # e.g. data.retrieval
+                    parts.append(_table(f"`{name}.{key}`", _doc(optional), list(optional.model_fields.items()),
+                                        prefix=f"{name}.{key}.", level="###"))
     parts.append(WHY)
     return "\n".join(parts)
 
@@ -151,6 +154,12 @@ def _list_item_model(annotation: Any) -> type[BaseModel] | None:
             if item is not None:
                 return item
     return None
+
+
+def _optional_model(annotation: Any) -> type[BaseModel] | None:
+    """The section of a `Section | None` key (off by default, a mapping when given)."""
+    sections = [_section(arg) for arg in typing.get_args(annotation) or ()]
+    return next((s for s in sections if s is not None), None)
 
 
 def _doc(model: type[BaseModel]) -> str:

@@ -9,6 +9,7 @@ Layout of a run dir (each name is a constant below; no other module spells one):
     metrics.jsonl        METRICS: one JSON object per logged step (step, loss, lr, tokens/s, ...)
     loss.png             LOSS_PLOT: the loss curve
     summary.json         SUMMARY: final numbers of the run
+    retrieval_index.json RETRIEVAL_INDEX: data.retrieval only, the labelled rows prompts retrieve from
     init_adapter/        INIT_ADAPTER: lora.init=pissa/olora only, the initial adapter (model/adapters.py)
     last_adapter/        LAST_ADAPTER: in-training eval only, the final weights when adapter/ is the best
     checkpoints/         CHECKPOINTS: checkpoint-STEP/ folders (training/checkpoints.py), each with
@@ -41,6 +42,7 @@ DATA_STATS = "data_stats.json"
 METRICS = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 SUMMARY = "summary.json"
+RETRIEVAL_INDEX = "retrieval_index.json"
 INIT_ADAPTER = "init_adapter"
 LAST_ADAPTER = "last_adapter"
 CHECKPOINTS = "checkpoints"
@@ -51,7 +53,7 @@ EVAL_SUMMARY = "summary.json"  # inside an eval folder
 REPORT = "report.html"
 
 # What training writes atomically at the top of a run dir, for io.clean_temporaries
-TEMPORARY_OF = (CONFIG, ADAPTER, TOKENIZER, TEMPLATE, DATA_STATS, METRICS, LOSS_PLOT, SUMMARY)
+TEMPORARY_OF = (CONFIG, ADAPTER, TOKENIZER, TEMPLATE, DATA_STATS, METRICS, LOSS_PLOT, SUMMARY, RETRIEVAL_INDEX)
 
 SPACE_MARGIN = 32 * 2**20  # tokenizer, template, metrics, plots, tracker logs
 
@@ -167,6 +169,23 @@ class RunDir:
     def write_metrics(self, records: list[dict]) -> None:
         """metrics.jsonl replaced whole (resume trims it to the checkpoint's step)."""
         write_text_atomic(self.metrics_file, _jsonl_text(records))
+
+    def write_retrieval_index(self, retriever) -> None:
+        """The index data.retrieval built prompts from (data/retrieval.Retriever), so inference uses the same."""
+        write_json_atomic(self.path / RETRIEVAL_INDEX, retriever.to_json())
+
+    def retriever(self, data_cfg=None):
+        """The saved retriever for `data_cfg` (default: the run's), None without data.retrieval; an index
+        built with another retriever or corpus is refused with both named (data/retrieval.load_index)."""
+        data_cfg = data_cfg or self.config().data
+        if not data_cfg.retrieval:
+            return None
+        from chattune.data.retrieval import load_index
+
+        index = self.path / RETRIEVAL_INDEX
+        if not index.is_file():
+            raise RunDirError(f"{self.path}: trained with data.retrieval but {RETRIEVAL_INDEX} is missing")
+        return load_index(index, data_cfg)
 
     def write_summary(self, summary: dict) -> None:
         """summary.json: training writes it last, since it marks the run finished."""

@@ -67,18 +67,18 @@ PARTS: dict[str, tuple[list[str], list[str], list[str]]] = {
 LABELS = list(PARTS)
 
 
-def topic_texts(split: str = "train", seed: int = 0) -> list[tuple[str, str]]:
+def topic_texts(split: str = "train", seed: int = 0, parts=None, joiner: str = " ") -> list[tuple[str, str]]:
     """(sentence, label) pairs; train and test share no sentence.
 
-    Per topic, the template combinations are shuffled with `seed`; the first 70 go to train and
-    the next 20 to test.
+    Per topic, the template combinations of `parts` (default PARTS) are shuffled with `seed`;
+    the first 70 go to train and the next 20 to test.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     rng = random.Random(seed)
     pairs = []
-    for label, (subjects, events, details) in PARTS.items():
-        combos = [" ".join(c) for c in itertools.product(subjects, events, details)]
+    for label, (subjects, events, details) in (parts or PARTS).items():
+        combos = [joiner.join(c) for c in itertools.product(subjects, events, details)]
         rng.shuffle(combos)
         pairs += [(text, label) for text in (combos[:70] if split == "train" else combos[70:90])]
     rng.shuffle(pairs)
@@ -110,19 +110,30 @@ def topic_conversations(system: str | None = None) -> list[Conversation]:
 
 def write_files(out_dir: str | Path, seed: int = 0) -> list[Path]:
     """train/test.jsonl (alpaca rows) and train/test-task.jsonl (seed 002's raw columns), same sentences."""
+    out = Path(out_dir)
+    files = {}
+    for split in ("train", "test"):
+        files[out / f"{split}.jsonl"] = topic_rows(split, seed=seed)
+        files[out / f"{split}-task.jsonl"] = task_rows(split, seed)
+    return write_jsonl_files(files)
+
+
+def write_jsonl_files(files: dict[Path, list[dict]]) -> list[Path]:
+    """Each path's rows as JSONL, written atomically; the paths, in order."""
     from chattune.io import write_text_atomic
 
-    out = Path(out_dir)
-    written = []
-    for split in ("train", "test"):
-        for name, rows in ((f"{split}.jsonl", topic_rows(split, seed=seed)), (f"{split}-task.jsonl", task_rows(split, seed))):
-            write_text_atomic(out / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-            written.append(out / name)
-    return written
+    for path, rows in files.items():
+        write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return list(files)
+
+
+def main(write, module: str) -> None:
+    """`python -m MODULE OUT_DIR`: write the set's files and print their paths."""
+    if len(sys.argv) != 2:
+        sys.exit(f"usage: python -m {module} OUT_DIR")
+    for written_path in write(sys.argv[1]):
+        print(written_path)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m chattune.data.builtin_classify OUT_DIR")
-    for written_path in write_files(sys.argv[1]):
-        print(written_path)
+    main(write_files, "chattune.data.builtin_classify")

@@ -41,6 +41,8 @@ def data_files(data_cfg: DataConfig) -> list[str]:
     """Every file or folder prepare() reads for `data_cfg` (built-in sets have none)."""
     paths = [s.path for s in data_cfg.sources] if data_cfg.sources else [data_cfg.path]
     paths += [data_cfg.eval_path] if data_cfg.eval_path else []
+    retrieval = getattr(data_cfg, "retrieval", None)
+    paths += [retrieval.corpus] if retrieval and retrieval.corpus else []
     return [p for p in paths if not p.startswith("builtin:")]
 
 

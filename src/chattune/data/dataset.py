@@ -51,10 +51,16 @@ class DataStats:
         return asdict(self)
 
 
-def row_spec(data_cfg: DataConfig) -> RowSpec:
+def row_spec(data_cfg: DataConfig, retriever=None) -> RowSpec:
+    """How rows are read. With data.retrieval, `retriever` fills {examples} (a run dir's saved index at
+    inference); None builds it from the corpus (training: retrieval.cached_index, built once)."""
+    if getattr(data_cfg, "retrieval", None) and retriever is None:
+        from chattune.data.retrieval import cached_index
+
+        retriever = cached_index(data_cfg)
     return RowSpec(
         format=data_cfg.format, system=data_cfg.system, columns=dict(data_cfg.columns or {}),
-        prompt=data_cfg.prompt, response=data_cfg.response,
+        prompt=data_cfg.prompt, response=data_cfg.response, retriever=retriever,
     )
 
 

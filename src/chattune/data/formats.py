@@ -8,6 +8,7 @@ It does not tokenize.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from chattune.data.sources import DataError, iter_rows, read_rows
 __all__ = ["DataError", "Conversation", "RowSpec", "load_conversations", "read_rows"]
 
 ROLES = ("system", "user", "assistant")
+EXAMPLES = "examples"  # the data.prompt placeholder retrieval fills (data/retrieval.py); never a column
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -43,6 +45,7 @@ class RowSpec:
     columns: dict[str, str] = field(default_factory=dict)  # our name -> the file's column
     prompt: str | None = None  # task conversion: user prompt with {column} placeholders
     response: str | None = None  # task conversion: the answer column
+    retriever: Any = None  # data/retrieval.Retriever: fills {examples} of the prompt (data.retrieval)
 
 
 Messages = tuple[list[dict[str, str]], list[str]]  # messages and the row field each came from
@@ -135,19 +138,35 @@ CONVERTERS = {"alpaca": alpaca_to_messages, "messages": chat_to_messages, "share
 
 
 def task_to_messages(row: dict, where: str, spec: RowSpec) -> Messages:
-    """Task conversion: user = spec.prompt filled from the row's columns, answer = spec.response."""
-    values = {}
-    for name in [n for _, n, _, _ in Formatter().parse(spec.prompt) if n] + [spec.response]:
-        value = row.get(name)
-        if value is None:
-            raise DataError(f"{where}:{name}", f"missing column (columns here: {', '.join(map(str, row))})")
-        scalar = (str, int, float)
-        if not (isinstance(value, scalar) or isinstance(value, list) and all(isinstance(v, scalar) for v in value)):
-            raise DataError(f"{where}:{name}", f"must be text, a number or a list of them, got {type(value).__name__}")
-        values[name] = str(value)  # as the seed's f-string would (a list prints as ['a', 'b'])
-    messages = [{"role": "user", "content": spec.prompt.format_map(values)},
+    """Task conversion: user = spec.prompt filled from the row's columns, answer = spec.response.
+
+    `{examples}` is never a column: spec.retriever fills it with the labelled rows nearest to the
+    row's text (data.retrieval); without a retriever the line holding it is left out.
+    """
+    template = spec.prompt if spec.retriever else without_examples(spec.prompt)
+    names = [n for _, n, _, _ in Formatter().parse(template) if n and n != EXAMPLES]
+    query_field = getattr(spec.retriever, "text_field", None)
+    values = {name: _column_text(row, name, where) for name in dict.fromkeys([*names, spec.response, query_field]) if name}
+    if spec.retriever:
+        values[EXAMPLES] = spec.retriever.examples_for(values[query_field])
+    messages = [{"role": "user", "content": template.format_map(values)},
                 {"role": "assistant", "content": values[spec.response]}]
     return _with_system(messages, ["data.prompt", spec.response], spec.system, "data.system")
+
+
+def _column_text(row: dict, name: str, where: str) -> str:
+    value = row.get(name)
+    if value is None:
+        raise DataError(f"{where}:{name}", f"missing column (columns here: {', '.join(map(str, row))})")
+    scalar = (str, int, float)
+    if not (isinstance(value, scalar) or isinstance(value, list) and all(isinstance(v, scalar) for v in value)):
+        raise DataError(f"{where}:{name}", f"must be text, a number or a list of them, got {type(value).__name__}")
+    return str(value)  # as the seed's f-string would (a list prints as ['a', 'b'])
+
+
+def without_examples(prompt: str) -> str:
+    """data.prompt with its {examples} placeholder left out, with the line it stands on alone."""
+    return re.sub(r"^[ \t]*\{examples\}[ \t]*(\n|$)", "", prompt, flags=re.M).replace("{examples}", "")
 
 
 def rename_columns(row: dict, columns: dict[str, str], where: str) -> dict:

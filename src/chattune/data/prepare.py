@@ -166,9 +166,13 @@ def prepare_data(cfg: RunConfig, tokenizer, console: Console) -> Prepared:
 
 
 def scoring_config(data_cfg: DataConfig, path) -> DataConfig:
-    """`data_cfg` reading the one file `path` whole: no split, no mix, no eval file, no replay rows."""
+    """`data_cfg` reading the one file `path` whole: no split, no mix, no eval file, no replay rows;
+    data.retrieval still retrieves from the training corpus (named, since data.path changes)."""
+    retrieval = data_cfg.retrieval
+    if retrieval and not retrieval.corpus:
+        retrieval = retrieval.model_copy(update={"corpus": data_cfg.path})
     return data_cfg.model_copy(update={"path": str(path), "sources": None, "eval_path": None,
-                                       "eval_ratio": 0.0, "replay": 0})
+                                       "eval_ratio": 0.0, "replay": 0, "retrieval": retrieval})
 
 
 def prepare_scoring(data_cfg: DataConfig, tokenizer, seed: int, path, console: Console) -> Prepared:

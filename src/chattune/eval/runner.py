@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -44,11 +45,18 @@ def data_config_for(target: str, settings: list[str] | None = None, like: str | 
     return load_config(config_file, settings).data
 
 
-def row_spec_for(target: str, settings: list[str] | None = None, like: str | None = None) -> RowSpec:
-    """data_config_for's row shape, columns, task prompt and system prompt."""
+def row_spec_for(target: str, settings: list[str] | None = None, like: str | None = None,
+                 retrieval: bool = True) -> RowSpec:
+    """data_config_for's row shape, columns, task prompt and system prompt; with data.retrieval, the
+    saved index of `like` (or the target run) fills {examples}, or nothing does when not `retrieval`."""
     from chattune.data.dataset import row_spec
 
-    return row_spec(data_config_for(target, settings, like))
+    data_cfg = data_config_for(target, settings, like)
+    if not retrieval:
+        return row_spec(data_cfg.model_copy(update={"retrieval": None}))
+    source = like or (target if rundir.is_run_dir(target) else None)
+    retriever = rundir.open_run_dir(source).retriever(data_cfg) if source and data_cfg.retrieval else None
+    return row_spec(data_cfg, retriever)
 
 
 def scoring_examples(target: str, data: str | Path, data_cfg: DataConfig, like: str | None, console):
@@ -99,6 +107,14 @@ def examples_loss(model, examples, pad_token_id: int, batch_size: int = 8) -> di
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "trained_tokens": count}
 
 
+def mean_prompt_tokens(chat, rows: list[EvalRow]) -> float:
+    """Tokens the model reads per prompt, as generation encodes it (retrieval's cost shows here)."""
+    from chattune.data.templates import prompt_ids, with_system
+
+    counts = [len(prompt_ids(chat.tokenizer, with_system(r.prompt, chat.system))) for r in rows]
+    return round(sum(counts) / max(len(counts), 1), 1)
+
+
 def default_out_dir(target: str, data: str | Path) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(data)).stem) or "data"
@@ -141,21 +157,28 @@ def prediction_records(rows: list[EvalRow], generated, scores: dict[str, Score],
 def run_eval(target: str, data: str | Path, metrics: list[str], labels: list[str] | None = None,
              max_new_tokens: int = 64, batch_size: int = 8, device: str = "cpu",
              out: str | Path | None = None, console=None, settings: list[str] | None = None,
-             like: str | None = None, dtype: str = "auto") -> EvalResult:
+             like: str | None = None, dtype: str = "auto", retrieval: bool = True) -> EvalResult:
     """Evaluate `target` (run dir or model) on `data`; write and return the results.
 
-    Rows are read as `like` (a run dir) or the target run was trained, then `settings` (row_spec_for).
+    Rows are read as `like` (a run dir) or the target run was trained, then `settings` (row_spec_for);
+    `retrieval` False leaves data.retrieval's examples out of the prompts.
     """
     from rich.console import Console
 
-    from chattune.data.dataset import row_spec
     from chattune.infer.chat import ChatModel
     from chattune.model.generate import generate_all
 
     console = console or Console(stderr=True)
     need_reference = any(m != "stop_rate" for m in metrics)
     data_cfg = data_config_for(target, settings, like)
-    rows = load_eval_rows(data, row_spec(data_cfg), need_reference)  # before the model loads
+    spec = row_spec_for(target, settings, like, retrieval)
+    if spec.retriever:  # the loss's prepare() reads rows with the same index
+        from chattune.data.retrieval import remember_index
+
+        remember_index(data_cfg, spec.retriever)
+    else:
+        data_cfg = data_cfg.model_copy(update={"retrieval": None})
+    rows = load_eval_rows(data, spec, need_reference)  # before the model loads
     scored = scoring_examples(target, data, data_cfg, like, console) if "loss" in metrics else None
     chat = ChatModel.load(target, device=device, dtype=dtype)
     if like:
@@ -163,7 +186,7 @@ def run_eval(target: str, data: str | Path, metrics: list[str], labels: list[str
     extra = {}
     if scored:  # first: seconds, where generation takes minutes
         extra = examples_loss(chat.model, scored.train, chat.tokenizer.pad_token_id, batch_size)
-    generated, scores = [], {}
+    generated, scores, started = [], {}, time.perf_counter()
     if any(m in GENERATION_METRICS for m in metrics):
         with _progress(console) as progress:
             task = progress.add_task("generate", total=len(rows))
@@ -176,6 +199,8 @@ def run_eval(target: str, data: str | Path, metrics: list[str], labels: list[str
     summary = {
         "target": str(target), "data": str(data), "rows": len(rows), "metrics": values,
         "max_new_tokens": max_new_tokens, "created": datetime.now().isoformat(timespec="seconds"),
+        "retrieval": bool(spec.retriever), "generate_seconds": round(time.perf_counter() - started, 2),
+        "prompt_tokens_mean": mean_prompt_tokens(chat, rows),
     }
     if "accuracy" in scores:
         summary["labels"] = labels

@@ -3,17 +3,20 @@
 Follows llama.cpp's convert_hf_to_gguf: tensor names from gguf-py's name map, Llama's q/k
 projection rows permuted into llama.cpp's rotary layout (Qwen2 keeps HF's order: llama.cpp runs it
 with NEOX rotary), 1-D norms and biases kept f32, tied embeddings stored once (no output.weight),
-and a gpt2-style BPE tokenizer (tokens, types, merges, special ids, chat template). Quantized types
+and the tokenizer: a gpt2-style byte-level BPE, or a SentencePiece-style one (Llama-2's byte-fallback
+BPE) as llama.cpp's 'llama' vocab with scores from the merge order (tokens, types, merges, special
+ids, chat template). Quantized types
 use gguf-py's own quantizers (gguf 0.19 has Q8_0 and Q4_0, no K-quants): q8_0 stores every matrix
 in Q8_0; q4_0 stores the blocks' matrices in Q4_0 and the embedding / output head in Q8_0, as
 llama.cpp keeps those at higher precision; a matrix whose rows are not whole 32-value blocks
-stays f16. Other architectures, rotary scalings and SentencePiece tokenizers are refused with
-the list of what is supported.
+stays f16. Other architectures, rotary scalings and other tokenizer models (Unigram, WordPiece) are
+refused with the list of what is supported.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from chattune.exporting.merge import ExportError
@@ -40,8 +43,22 @@ def check_supported(model, tokenizer) -> None:
         raise GGUFExportError("GGUF export: Llama models with attention/MLP biases are not supported")
     if getattr(config, "use_sliding_window", False):
         raise GGUFExportError("GGUF export: Qwen2 with use_sliding_window=true is not supported")
-    if _backend_json(tokenizer).get("model", {}).get("type") != "BPE":
-        raise GGUFExportError("GGUF export: only byte-level BPE (gpt2-style) tokenizers are supported")
+    if tokenizer_kind(tokenizer) is None:
+        raise GGUFExportError("GGUF export supports byte-level BPE (gpt2-style) and SentencePiece-style BPE "
+                              "(byte fallback + Metaspace, Llama-2 style) tokenizers; this one is neither")
+
+
+def tokenizer_kind(tokenizer) -> str | None:
+    """llama.cpp's tokenizer model for `tokenizer`: 'gpt2' (byte-level BPE), 'llama' (SentencePiece-style
+    BPE: byte fallback, '▁' for spaces) or None (Unigram, WordPiece, ...: not written)."""
+    backend = _backend_json(tokenizer)
+    model = backend.get("model", {})
+    if model.get("type") != "BPE":
+        return None
+    if model.get("byte_fallback"):
+        pre = json.dumps(backend.get("pre_tokenizer")) + json.dumps(backend.get("normalizer"))
+        return "llama" if "\u2581" in pre or "▁" in pre or "Metaspace" in pre else None
+    return "gpt2"
 
 
 def permute_rotary(weights, n_head: int, n_head_kv: int | None = None):
@@ -161,10 +178,16 @@ def _backend_json(tokenizer) -> dict:
 
 
 def _add_tokenizer(writer, tokenizer, vocab_size: int) -> None:
-    """Tokens, token types, merges, special ids and chat template (llama.cpp's gpt2 vocab)."""
+    """Tokens, token types, merges, special ids and chat template: llama.cpp's gpt2 vocab, or its
+    SentencePiece ('llama') vocab with scores and byte tokens."""
     tokens, types = _vocab(tokenizer, vocab_size)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(_pre_tokenizer_name(tokenizer))
+    kind = tokenizer_kind(tokenizer)
+    writer.add_tokenizer_model(kind)
+    if kind == "gpt2":
+        writer.add_tokenizer_pre(_pre_tokenizer_name(tokenizer))
+    else:
+        types = [_BYTE if _BYTE_TOKEN.fullmatch(t) and k == _NORMAL else k for t, k in zip(tokens, types, strict=True)]
+        writer.add_token_scores(merge_scores(tokens, _merges(tokenizer)))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(_merges(tokenizer))
@@ -173,7 +196,7 @@ def _add_tokenizer(writer, tokenizer, vocab_size: int) -> None:
         if token_id is not None:
             getattr(writer, f"add_{kind}_token_id")(token_id)
     writer.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
-    writer.add_add_space_prefix(False)
+    writer.add_add_space_prefix(kind == "llama")  # Metaspace puts '▁' before the first word
     if tokenizer.chat_template:
         writer.add_chat_template(tokenizer.chat_template)
 
@@ -196,6 +219,21 @@ def _vocab(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
             tokens.append(token)
             types.append(gguf.TokenType.NORMAL)
     return tokens, [int(t) for t in types]
+
+
+_NORMAL, _BYTE = 1, 6  # gguf.TokenType.NORMAL, .BYTE
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+def merge_scores(tokens: list[str], merges: list[str]) -> list[float]:
+    """SentencePiece scores for llama.cpp, which merges the adjacent pair whose joined token scores
+    highest: a token made by merge number r scores -r, so the earliest merge wins as in BPE; tokens
+    no merge makes (characters, bytes, specials) score below every merged one."""
+    rank = {}
+    for number, merge in enumerate(merges):
+        rank.setdefault(merge.replace(" ", ""), number)
+    floor = -float(len(merges) + 1)
+    return [-float(rank[token]) if token in rank else floor for token in tokens]
 
 
 def _merges(tokenizer) -> list[str]:

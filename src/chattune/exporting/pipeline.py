@@ -45,6 +45,8 @@ DEFAULT_TOLERANCE = {"hf": 1e-3, "hf-16": 0.5, "gguf-f32": 1e-3, "gguf-f16": 0.5
 # Xeon 2026-12-03): q8_0 1.7e-3 (passes with 12x margin), q4_0 0.50 (refused: a 135M model loses too
 # much in 4-bit blocks; larger models lose far less, and 0.15 still lets a clearly degraded file fail).
 KL_TOLERANCE = {"gguf-q8_0": 0.02, "gguf-q4_0": 0.15}
+# --gguf-type auto: smallest file first; the first type whose gate passes is written (demo run: q8_0)
+AUTO_ORDER = ("q4_0", "q8_0", "f16", "f32")
 DTYPES = ("fp32", "bf16", "fp16")  # --dtype of an HF export; default: the base's
 
 
@@ -63,7 +65,7 @@ class Check:
         return fidelity.compare(self.reference, outputs, tolerance, self.source, gate)
 
 
-def export_run(run_path, out, fmt: str = "hf", gguf_dtype: str = "f16", tolerance: float | None = None,
+def export_run(run_path, out, fmt: str = "hf", gguf_dtype: str = "auto", tolerance: float | None = None,
                force: bool = False, console: Console | None = None,
                dtype: str | None = None, ollama: bool = False) -> list[fidelity.FidelityReport]:
     """Export `run_path` to the folder `out`; returns the fidelity reports that were printed.
@@ -77,8 +79,8 @@ def export_run(run_path, out, fmt: str = "hf", gguf_dtype: str = "f16", toleranc
     out = Path(out)
     if fmt not in ("hf", "gguf"):
         raise ExportError(f"unknown export format {fmt!r}; use hf or gguf")
-    if fmt == "gguf" and gguf_dtype not in GGUF_TYPES:
-        raise ExportError(f"GGUF type {gguf_dtype!r}: use one of {', '.join(GGUF_TYPES)}")
+    if fmt == "gguf" and gguf_dtype not in (*GGUF_TYPES, "auto"):
+        raise ExportError(f"GGUF type {gguf_dtype!r}: use auto or one of {', '.join(GGUF_TYPES)}")
     if ollama and fmt != "gguf":
         raise ExportError("--ollama writes a Modelfile for a GGUF file: add --format gguf")
     if dtype is not None and (fmt != "hf" or dtype not in DTYPES):
@@ -102,9 +104,32 @@ def export_run(run_path, out, fmt: str = "hf", gguf_dtype: str = "f16", toleranc
     merged = check.run(loaded, loaded.model, DEFAULT_TOLERANCE["hf"])
     _print(console, "merged", merged)
     _gate(merged, force)  # a GGUF of a broken merge is broken too
-    key = f"gguf-{gguf_dtype}"
-    gguf_tol = {**DEFAULT_TOLERANCE, **KL_TOLERANCE}[key] if tolerance is None else tolerance
-    return [merged, _export_gguf(loaded, check, out, gguf_dtype, gguf_tol, merged, force, console, ollama)]
+    if gguf_dtype == "auto":
+        return [merged, _export_gguf_auto(loaded, check, out, tolerance, merged, force, console, ollama)]
+    return [merged, _export_gguf(loaded, check, out, gguf_dtype, _gguf_tolerance(gguf_dtype, tolerance), merged,
+                                 force, console, ollama)]
+
+
+def _gguf_tolerance(dtype: str, tolerance: float | None) -> float:
+    return {**DEFAULT_TOLERANCE, **KL_TOLERANCE}[f"gguf-{dtype}"] if tolerance is None else tolerance
+
+
+def _export_gguf_auto(loaded, check: Check, out: Path, tolerance, merged, force, console, ollama):
+    """--gguf-type auto: each type of AUTO_ORDER behind its own gate until one passes (with `force`, the
+    last is written even when it fails); the types tried and why they were refused go in the report."""
+    tried = []
+    for dtype in AUTO_ORDER:
+        last = dtype == AUTO_ORDER[-1]
+        try:
+            return _export_gguf(loaded, check, out, dtype, _gguf_tolerance(dtype, tolerance), merged,
+                                force and last, console, ollama, tried)
+        except ExportError as err:
+            if last:
+                raise
+            tried.append({"type": dtype, "refused": str(err).split("; nothing was written")[0]})
+            console.print(f"[yellow]auto[/]: {dtype} refused by its gate; trying {AUTO_ORDER[AUTO_ORDER.index(dtype) + 1]}",
+                          highlight=False)
+    raise AssertionError("unreachable")
 
 
 def _write_whole_model(loaded: LoadedRun, check: Check, out: Path, dtype, tolerance, force, console,
@@ -225,8 +250,9 @@ def gguf_filename(dtype: str) -> str:
 
 
 def _export_gguf(loaded, check: Check, out: Path, dtype: str, tolerance: float, merged, force, console,
-                 ollama: bool = False):
-    """Write the GGUF into a temp folder, load it back, gate it, then rename the folder to `out`."""
+                 ollama: bool = False, auto_tried: list | None = None):
+    """Write the GGUF into a temp folder, load it back, gate it, then rename the folder to `out`;
+    `auto_tried`: --gguf-type auto's refused types, recorded in the report."""
     from chattune.exporting.gguf_writer import write_gguf
 
     name = gguf_filename(dtype)
@@ -243,7 +269,11 @@ def _export_gguf(loaded, check: Check, out: Path, dtype: str, tolerance: float, 
         _print(console, f"gguf {dtype}", report)
         _gate(report, force)
         forced = force and not (merged.passed and report.passed)
-        write_json_atomic(tmp / REPORT, {"merged": merged.to_dict(), "gguf": report.to_dict(), "forced": forced})
+        record = {"merged": merged.to_dict(), "gguf": report.to_dict(), "forced": forced, "type": dtype,
+                  "llama_cpp": _llamacpp_report(loaded, check, tmp / name, tokenizer, tolerance, report.gate, console)}
+        if auto_tried is not None:
+            record["auto"] = {"order": list(AUTO_ORDER), "refused": auto_tried}
+        write_json_atomic(tmp / REPORT, record)
         if ollama:
             from chattune.exporting.modelfile import write_modelfile
 
@@ -253,6 +283,24 @@ def _export_gguf(loaded, check: Check, out: Path, dtype: str, tolerance: float, 
     save_dir_atomic(out, write)
     console.print(f"[green]wrote[/] {out / name}")
     return reports[0]
+
+
+def _llamacpp_report(loaded, check: Check, path: Path, tokenizer, tolerance: float, gate: str, console) -> dict:
+    """The same comparison run by llama.cpp itself when llama-cpp-python is installed (reported, not
+    gated: its kernels round differently from torch's); {"installed": False} otherwise."""
+    from chattune.exporting import llamacpp
+
+    if not llamacpp.available():
+        return {"installed": False}
+    llm = llamacpp.open_gguf(path, n_ctx=max(t.shape[1] for t in check.full) + 32)
+    try:
+        outputs = llamacpp.outputs(llm, check.full, check.prompts, loaded.stop_ids)
+        report = fidelity.compare(check.reference, outputs, tolerance, check.source, gate)
+        report.tokenizer_agreement = llamacpp.tokenizer_agreement(llm, tokenizer, check.conversations)
+    finally:
+        llm.close()
+    _print(console, "llama.cpp", report)
+    return {"installed": True, **report.to_dict()}
 
 
 def load_gguf(folder: Path, name: str):

@@ -90,9 +90,10 @@ class ChatModel:
         from chattune.data.prompts import prompt_messages
         from chattune.infer.predict import predict_all
 
-        conversations = [
-            [{"role": "user", "content": row}] if isinstance(row, str)
-            else prompt_messages(row, f"rows[{i}]", self.row_spec) if isinstance(row, dict) else list(row)
+        conversations = [  # a dict row builds its prompt as training did; text and messages are chat turns
+            self.with_examples([{"role": "user", "content": row}]) if isinstance(row, str)
+            else prompt_messages(row, f"rows[{i}]", self.row_spec) if isinstance(row, dict)
+            else self.with_examples(list(row))
             for i, row in enumerate(rows)
         ]
         return predict_all(self, conversations, GenerationSettings(**settings), batch_size)
@@ -102,9 +103,15 @@ class ChatModel:
         import torch
         from transformers import BatchEncoding
 
-        ids = prompt_ids(self.tokenizer, with_system(messages, self.system))
+        ids = prompt_ids(self.tokenizer, with_system(self.with_examples(messages), self.system))
         input_ids = torch.tensor([ids], dtype=torch.long)
         return BatchEncoding({"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)})
+
+    def with_examples(self, messages: list[dict]) -> list[dict]:
+        """A run trained with data.retrieval: its saved index's examples before the last user turn."""
+        from chattune.data.retrieval import with_retrieved_examples
+
+        return with_retrieved_examples(messages, getattr(self.row_spec, "retriever", None))
 
     def _generate_kwargs(self, messages, settings: GenerationSettings) -> dict:
         inputs = self.prompt_ids(messages).to(self.model.device)
@@ -154,7 +161,9 @@ def run_row_spec(target: str):
     if rundir.is_run_dir(target):
         from chattune.data.dataset import row_spec
 
-        return row_spec(rundir.open_run_dir(target).config().data)
+        run = rundir.open_run_dir(target)
+        data_cfg = run.config().data
+        return row_spec(data_cfg, run.retriever(data_cfg))
     return RowSpec()
 
 

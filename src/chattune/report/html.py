@@ -86,11 +86,12 @@ def metrics_section(info: RunInfo) -> str:
                               best.get("stopped_early_at"), best.get("adapter")]], numeric_from=1))
     if info.evals:
         names = list(dict.fromkeys(n for e in info.evals for n in e.summary.get("metrics", {})))
-        rows = [[e.path.name, e.summary.get("target"), e.summary.get("data"), e.summary.get("rows"),
-                 *[e.summary.get("metrics", {}).get(n) for n in names],
+        rows = [[e.path.name, e.summary.get("target"), "yes" if e.summary.get("retrieval") else "no",
+                 e.summary.get("data"), e.summary.get("rows"), *[e.summary.get("metrics", {}).get(n) for n in names],
                  len(e.summary.get("unparseable") or [])] for e in info.evals]
         parts.append("<h3>Saved evaluations</h3>"
-                     + _table(["eval", "model", "data", "rows", *names, "unparseable"], rows, numeric_from=3))
+                     + _table(["eval", "model", "retrieval", "data", "rows", *names, "unparseable"], rows,
+                              numeric_from=4))
     else:
         parts.append("<p class=muted>no saved evaluations (chattune eval RUN_DIR --data FILE)</p>")
     return "".join(parts)

@@ -90,7 +90,7 @@ async def _complete(app, body: ChatRequest, request: Request):
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     try:
         with TOKENIZER_LOCK:
-            ids = prompt_ids(item.chat.tokenizer, messages, item.chat.system)
+            ids = prompt_ids(item.chat.tokenizer, item.chat.with_examples(messages), item.chat.system)
     except PromptError as err:
         return error_response(400, str(err), param=err.param)
     budget = _token_budget(app, item, body, len(ids))

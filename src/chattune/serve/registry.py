@@ -18,7 +18,7 @@ from pathlib import Path
 
 from chattune import rundir
 from chattune.adapter_base import check_adapter_base
-from chattune.infer.chat import ChatModel
+from chattune.infer.chat import ChatModel, run_row_spec
 from chattune.models import resolve_model
 
 
@@ -163,7 +163,7 @@ def _load_run(t: Target, group: ModelGroup | None, device: str, dtype: str) -> t
     adapter = f"adapter{len(group.adapters)}"
     loaded = rundir.join_for_inference(t.run.path, group.model, adapter, t.base_key[0])
     stops = stop_token_ids(loaded.tokenizer, getattr(loaded.model, "generation_config", None))
-    return ChatModel(loaded.model, loaded.tokenizer, loaded.cfg.data.system, stops), adapter
+    return ChatModel(loaded.model, loaded.tokenizer, loaded.cfg.data.system, stops, run_row_spec(t.run.path)), adapter
 
 
 def _chat_on(model, tokenizer_source: str, trust_remote_code: bool = False) -> ChatModel:

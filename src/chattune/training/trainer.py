@@ -363,6 +363,10 @@ def save_run(run_path, cfg, model, tokenizer, stats, records, result, seconds, c
     fault_point("final:template")
     run.write_config(cfg)
     fault_point("final:config")
+    if cfg.data.retrieval:
+        from chattune.data.retrieval import cached_index
+
+        run.write_retrieval_index(cached_index(cfg.data))
     run.write_data_stats(stats)
     fault_point("final:data-stats")
     with located_disk_full(run.loss_plot):
