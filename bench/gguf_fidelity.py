@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench.common import REPO, save_report
 
-TYPES = ("f32", "f16", "q8_0", "q4_0")
+TYPES = ("f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")  # K-quants where llama-cpp-python is installed
 
 
 def train_demo(work: Path, overrides: list[str]) -> Path:
@@ -82,7 +82,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="chattune-gguf-") as tmp:
         work = Path(tmp)
         run = Path(args.run) if args.run else train_demo(work, args.set)
-        rows = [export_row(run, work, dtype) for dtype in TYPES]
+        from chattune.exporting.pipeline import gguf_types_here
+
+        rows = [export_row(run, work, dtype) for dtype in TYPES if dtype in gguf_types_here()]
         auto = auto_choice(run, work)
     report = {"date": datetime.now().isoformat(timespec="seconds"), "machine": machine(), "run": str(run),
               "overrides": args.set, "rows": rows, "auto": auto}

@@ -18,6 +18,7 @@ import json
 import re
 import tempfile
 import time
+import traceback
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -164,7 +165,11 @@ def main(argv=None) -> int:
             train_file, test_file = write_set(lang, work / lang)
             part = {"test_rows": len(rows(test_file)), "retrievers": retrievers(train_file, test_file)}
             if not args.no_train:
-                part["classifier"] = classifier(lang, train_file, test_file, work)
+                try:  # one set failing keeps the other's results
+                    part["classifier"] = classifier(lang, train_file, test_file, work)
+                except Exception as err:  # noqa: BLE001 - reported in the results and on stderr
+                    traceback.print_exc()
+                    part["classifier_error"] = repr(err)
             report["sets"][lang] = part
     path = save_report(report, "retrieval")
     print(markdown(report))

@@ -208,7 +208,7 @@ def test_gguf_tensors_match_llama_cpp_own_conversion_of_the_builtin_model():
 
 
 @pytest.mark.slow  # two exports with their gates
-def test_quantized_gguf_types_are_gated_on_kl_and_stored_quantized(tiny_run, tmp_path):
+def test_quantized_gguf_types_are_gated_on_kl_and_stored_quantized(tiny_run, tmp_path, monkeypatch):
     from gguf import GGMLQuantizationType as Q
     from gguf import GGUFReader
 
@@ -230,6 +230,10 @@ def test_quantized_gguf_types_are_gated_on_kl_and_stored_quantized(tiny_run, tmp
     modelfile = (tmp_path / "q4_0" / "Modelfile").read_text()
     assert modelfile.startswith("FROM ./model-q4_0.gguf\n") and 'PARAMETER stop "<|im_end|>"' in modelfile
     # auto: smallest first; a tolerance between the two measured KLs refuses q4_0 and writes q8_0
+    # (the types gguf-py makes; with llama.cpp installed the K-quants would come in between)
+    from chattune.exporting import llamacpp
+
+    monkeypatch.setattr(llamacpp, "available", lambda: False)
     between = (reports["q8_0"].mean_kl * reports["q4_0"].mean_kl) ** 0.5
     report = export_run(tiny_run, tmp_path / "auto", fmt="gguf", tolerance=between, ollama=True)[-1]
     written = json.loads((tmp_path / "auto" / "export_report.json").read_text())
@@ -320,3 +324,18 @@ def test_a_tokenizer_llama_cpp_cannot_read_as_written_is_refused(tiny_model_dir)
     assert tokenizer_kind(wordpiece) is None
     with pytest.raises(GGUFExportError, match="byte-level BPE.*SentencePiece-style"):
         check_supported(AutoModelForCausalLM.from_pretrained(tiny_model_dir), wordpiece)
+
+
+def test_k_quants_need_llama_cpp_and_say_so_before_any_work(monkeypatch):
+    from chattune.exporting import llamacpp
+    from chattune.exporting.merge import ExportError
+    from chattune.exporting.pipeline import check_gguf_type, gguf_types_here
+
+    monkeypatch.setattr(llamacpp, "available", lambda: False)
+    with pytest.raises(ExportError, match="llama-cpp-python"):
+        check_gguf_type("q4_k_m")
+    with pytest.raises(ExportError, match="q6_k"):
+        check_gguf_type("q3_k")
+    assert gguf_types_here() == ("q4_0", "q8_0", "f16", "f32")  # auto tries what can be made here
+    monkeypatch.setattr(llamacpp, "available", lambda: True)
+    assert gguf_types_here()[:4] == ("q4_0", "q4_k_m", "q5_k_m", "q6_k")

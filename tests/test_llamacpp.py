@@ -13,7 +13,7 @@ from chattune.exporting import llamacpp
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not llamacpp.available(), reason=(
-        "llama-cpp-python is not installed: it compiles llama.cpp from source (about 11 CPU-minutes, "
+        "llama-cpp-python is not installed: it compiles llama.cpp from source (about 16 CPU-minutes, "
         "bench/README.md), more than CI's budget; `pip install llama-cpp-python==0.3.36` runs these")),
 ]
 
@@ -41,10 +41,10 @@ def test_llamacpp_tokenizes_a_sentencepiece_style_export_like_transformers(tmp_p
     """The scores written for a Llama-2-style vocabulary make llama.cpp's highest-score-first merging give
     BPE's ids, byte fallback and the leading '▁' included."""
     import torch
-    from gguf_helpers import sentencepiece_style_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from chattune.exporting.gguf_writer import write_gguf
+    from gguf_helpers import sentencepiece_style_tokenizer
 
     tok = sentencepiece_style_tokenizer()
     config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
@@ -70,3 +70,47 @@ def _logit_range(run_dir) -> float:
     with torch.inference_mode():
         logits = loaded.model(input_ids=torch.tensor([[1, 520, 1110, 3457, 28]])).logits
     return float(logits.max() - logits.min())
+
+
+def test_k_quants_come_from_llama_cpp_and_read_back_close(tmp_path):
+    """q4_k_m / q6_k: an f32 file quantized by llama.cpp's own quantizer; transformers reads the K-quant
+    blocks back (the gate's read-back) and its next-token distributions stay near the f32 model's."""
+    import torch
+    from gguf import GGMLQuantizationType as Q
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from chattune.exporting.gguf_writer import write_gguf
+    from chattune.exporting.pipeline import KL_TOLERANCE, load_gguf
+    from chattune.models import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("builtin:smollm2-135m-instruct"))
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    write_gguf(model, tok, tmp_path / "model-f32.gguf", "f32")
+    ids = torch.tensor([tok("The quick brown fox jumps over the lazy dog, twice.")["input_ids"]])
+    with torch.inference_mode():
+        reference = torch.log_softmax(model(ids).logits.double(), -1)
+    for kind, block in (("q4_k_m", Q.Q4_K), ("q6_k", Q.Q6_K)):
+        name = f"model-{kind}.gguf"
+        llamacpp.quantize(tmp_path / "model-f32.gguf", tmp_path / name, kind)
+        types = {t.name: t.tensor_type for t in GGUFReader(tmp_path / name).tensors}
+        assert types["blk.0.attn_q.weight"] == block and types["blk.0.attn_norm.weight"] == Q.F32, types
+        loaded, _ = load_gguf(tmp_path, name)
+        with torch.inference_mode():
+            candidate = torch.log_softmax(loaded(ids).logits.double(), -1)
+        kl = float((reference.exp() * (reference - candidate)).sum(-1).mean())
+        assert 0 < kl <= KL_TOLERANCE[f"gguf-{kind}"], (kind, kl)
+
+
+def test_export_writes_a_k_quant_behind_its_gate(tiny_run, tmp_path):
+    from chattune.exporting.pipeline import KL_TOLERANCE, export_run, gguf_filename
+
+    report = export_run(tiny_run, tmp_path / "q6", fmt="gguf", gguf_dtype="q6_k")[-1]
+    assert report.gate == "kl" and report.tolerance == KL_TOLERANCE["gguf-q6_k"] and report.passed
+    written = json.loads((tmp_path / "q6" / "export_report.json").read_text())
+    assert written["type"] == "q6_k" and written["llama_cpp"]["tokenizer_agreement"] == 1.0
+    assert sorted(p.name for p in (tmp_path / "q6").iterdir()) == ["export_report.json", gguf_filename("q6_k")]

@@ -228,7 +228,8 @@ def export(run: str | Path | Run, out: str | Path, format: str = "hf", *, dtype:
            gguf_dtype: str = "auto", tolerance: float | None = None, force: bool = False, ollama: bool = False,
            console=None) -> Path:
     """`chattune export`: merge the run's adapter into its base behind the fidelity gate; returns `out`.
-    `gguf_dtype`: auto (the smallest type whose gate passes), f16, f32, q8_0 or q4_0; `ollama`: a Modelfile next to the GGUF."""
+    `gguf_dtype`: auto (the smallest type whose gate passes), f16, f32, q8_0, q4_0, or with llama-cpp-python
+    q4_k_m, q5_k_m, q6_k; `ollama`: a Modelfile next to the GGUF."""
     from chattune.exporting.pipeline import export_run
 
     export_run(str(run), out, format, gguf_dtype, tolerance, force, console=console, dtype=dtype, ollama=ollama)

@@ -177,10 +177,10 @@ def _add_export_parser(sub) -> None:
     export.add_argument("--out", required=True, help="output folder (written atomically)")
     export.add_argument("--format", default="hf", choices=["hf", "gguf"], help="default: hf")
     export.add_argument("--gguf-type", "--gguf-dtype", dest="gguf_dtype", default="auto",
-                        choices=["auto", "f16", "f32", "q8_0", "q4_0"],
-                        help="GGUF weight type; q8_0 / q4_0 are gated on the mean KL divergence of next-token "
-                        "distributions; auto (default): the smallest of q4_0, q8_0, f16, f32 that passes its gate "
-                        "(docs/export.md)")
+                        choices=["auto", "f16", "f32", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"],
+                        help="GGUF weight type; quantized types are gated on the mean KL divergence of next-token "
+                        "distributions; K-quants need llama-cpp-python (llama.cpp's quantizer); auto (default): the "
+                        "smallest type that passes its gate (docs/export.md)")
     export.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"],
                         help="HF weight type (default: the base's)")
     export.add_argument("--tolerance", type=float, default=None,

@@ -191,10 +191,10 @@ def _add_tokenizer(writer, tokenizer, vocab_size: int) -> None:
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(_merges(tokenizer))
-    for kind in ("bos", "eos", "unk", "pad"):
-        token_id = getattr(tokenizer, f"{kind}_token_id", None)
+    for special in ("bos", "eos", "unk", "pad"):
+        token_id = getattr(tokenizer, f"{special}_token_id", None)
         if token_id is not None:
-            getattr(writer, f"add_{kind}_token_id")(token_id)
+            getattr(writer, f"add_{special}_token_id")(token_id)
     writer.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
     writer.add_add_space_prefix(kind == "llama")  # Metaspace puts '▁' before the first word
     if tokenizer.chat_template:

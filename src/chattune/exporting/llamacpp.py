@@ -64,3 +64,22 @@ def tokenizer_agreement(llm, reference_tok, conversations: list[list[dict]]) -> 
         ours = reference_tok.encode(text, add_special_tokens=False)
         same += llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) == ours
     return same / len(conversations) if conversations else 0.0
+
+
+K_QUANTS = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+            "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K"}
+
+
+def quantize(source: Path, target: Path, kind: str) -> None:
+    """llama.cpp's own quantizer (llama-quantize's library call) from an f32 GGUF to a K-quant type;
+    rows that are not whole 256-value super-blocks get llama.cpp's own fallback type, as llama-quantize does."""
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, K_QUANTS[kind])
+    params.nthread = max(1, os.cpu_count() or 1)
+    code = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
+    if code != 0:
+        raise RuntimeError(f"llama.cpp could not quantize {source} to {kind} (code {code})")

@@ -44,9 +44,12 @@ DEFAULT_TOLERANCE = {"hf": 1e-3, "hf-16": 0.5, "gguf-f32": 1e-3, "gguf-f16": 0.5
 # distributions instead. Measured (bench/gguf_fidelity.py, built-in model, demo recipe 1 epoch, AMX
 # Xeon 2026-12-03): q8_0 1.7e-3 (passes with 12x margin), q4_0 0.50 (refused: a 135M model loses too
 # much in 4-bit blocks; larger models lose far less, and 0.15 still lets a clearly degraded file fail).
-KL_TOLERANCE = {"gguf-q8_0": 0.02, "gguf-q4_0": 0.15}
-# --gguf-type auto: smallest file first; the first type whose gate passes is written (demo run: q8_0)
-AUTO_ORDER = ("q4_0", "q8_0", "f16", "f32")
+# K-quants (llama.cpp's quantizer, when installed) sit between them by bits per weight: the 4-bit types
+# share q4_0's bar, 5 and 6 bits get bars between it and q8_0's.
+KL_TOLERANCE = {"gguf-q8_0": 0.02, "gguf-q6_k": 0.05, "gguf-q5_k_m": 0.1, "gguf-q4_k_m": 0.15, "gguf-q4_0": 0.15}
+# --gguf-type auto: smallest file first; the first type whose gate passes is written. K-quants join
+# when llama-cpp-python is installed (exporting/llamacpp.py).
+AUTO_ORDER = ("q4_0", "q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "f32")
 DTYPES = ("fp32", "bf16", "fp16")  # --dtype of an HF export; default: the base's
 
 
@@ -73,14 +76,12 @@ def export_run(run_path, out, fmt: str = "hf", gguf_dtype: str = "auto", toleran
     `dtype` (fp32, bf16, fp16; HF only) is the output's weight type, default the base's.
     `ollama` (GGUF only): also write a Modelfile whose TEMPLATE renders as the training template.
     """
-    from chattune.exporting.gguf_writer import DTYPES as GGUF_TYPES
-
     console = console or Console(stderr=True)
     out = Path(out)
     if fmt not in ("hf", "gguf"):
         raise ExportError(f"unknown export format {fmt!r}; use hf or gguf")
-    if fmt == "gguf" and gguf_dtype not in (*GGUF_TYPES, "auto"):
-        raise ExportError(f"GGUF type {gguf_dtype!r}: use auto or one of {', '.join(GGUF_TYPES)}")
+    if fmt == "gguf":
+        check_gguf_type(gguf_dtype)
     if ollama and fmt != "gguf":
         raise ExportError("--ollama writes a Modelfile for a GGUF file: add --format gguf")
     if dtype is not None and (fmt != "hf" or dtype not in DTYPES):
@@ -110,6 +111,25 @@ def export_run(run_path, out, fmt: str = "hf", gguf_dtype: str = "auto", toleran
                                  force, console, ollama)]
 
 
+def check_gguf_type(dtype: str) -> None:
+    """Refuse an unknown type, and a K-quant where llama.cpp's quantizer is not installed, before any work."""
+    from chattune.exporting import llamacpp
+    from chattune.exporting.gguf_writer import DTYPES
+
+    if dtype in llamacpp.K_QUANTS and not llamacpp.available():
+        raise ExportError(f"GGUF type {dtype} is made by llama.cpp's own quantizer: pip install "
+                          "llama-cpp-python==0.3.36 (it compiles llama.cpp), or use q8_0 / q4_0")
+    if dtype not in (*DTYPES, *llamacpp.K_QUANTS, "auto"):
+        raise ExportError(f"GGUF type {dtype!r}: use auto or one of {', '.join([*DTYPES, *llamacpp.K_QUANTS])}")
+
+
+def gguf_types_here() -> tuple[str, ...]:
+    """AUTO_ORDER less the K-quants when llama-cpp-python is not installed."""
+    from chattune.exporting import llamacpp
+
+    return tuple(t for t in AUTO_ORDER if t not in llamacpp.K_QUANTS or llamacpp.available())
+
+
 def _gguf_tolerance(dtype: str, tolerance: float | None) -> float:
     return {**DEFAULT_TOLERANCE, **KL_TOLERANCE}[f"gguf-{dtype}"] if tolerance is None else tolerance
 
@@ -117,9 +137,9 @@ def _gguf_tolerance(dtype: str, tolerance: float | None) -> float:
 def _export_gguf_auto(loaded, check: Check, out: Path, tolerance, merged, force, console, ollama):
     """--gguf-type auto: each type of AUTO_ORDER behind its own gate until one passes (with `force`, the
     last is written even when it fails); the types tried and why they were refused go in the report."""
-    tried = []
-    for dtype in AUTO_ORDER:
-        last = dtype == AUTO_ORDER[-1]
+    tried, order = [], gguf_types_here()
+    for dtype in order:
+        last = dtype == order[-1]
         try:
             return _export_gguf(loaded, check, out, dtype, _gguf_tolerance(dtype, tolerance), merged,
                                 force and last, console, ollama, tried)
@@ -127,7 +147,7 @@ def _export_gguf_auto(loaded, check: Check, out: Path, tolerance, merged, force,
             if last:
                 raise
             tried.append({"type": dtype, "refused": str(err).split("; nothing was written")[0]})
-            console.print(f"[yellow]auto[/]: {dtype} refused by its gate; trying {AUTO_ORDER[AUTO_ORDER.index(dtype) + 1]}",
+            console.print(f"[yellow]auto[/]: {dtype} refused by its gate; trying {order[order.index(dtype) + 1]}",
                           highlight=False)
     raise AssertionError("unreachable")
 
@@ -253,15 +273,13 @@ def _export_gguf(loaded, check: Check, out: Path, dtype: str, tolerance: float, 
                  ollama: bool = False, auto_tried: list | None = None):
     """Write the GGUF into a temp folder, load it back, gate it, then rename the folder to `out`;
     `auto_tried`: --gguf-type auto's refused types, recorded in the report."""
-    from chattune.exporting.gguf_writer import write_gguf
 
     name = gguf_filename(dtype)
     reports = []
 
     def write(tmp: Path) -> None:
         tokenizer = training_tokenizer(loaded)
-        write_gguf(loaded.model, tokenizer, tmp / name, dtype,
-                   name=f"chattune export of {loaded.run.path.name}", stop_ids=loaded.stop_ids)
+        _write_gguf_file(loaded, tokenizer, tmp, name, dtype)
         model, gguf_tokenizer = load_gguf(tmp, name)
         report = check.run(loaded, model, tolerance, "kl" if f"gguf-{dtype}" in KL_TOLERANCE else "logits")
         report.tokenizer_agreement = fidelity.tokenizer_agreement(tokenizer, gguf_tokenizer, check.conversations)
@@ -272,7 +290,7 @@ def _export_gguf(loaded, check: Check, out: Path, dtype: str, tolerance: float, 
         record = {"merged": merged.to_dict(), "gguf": report.to_dict(), "forced": forced, "type": dtype,
                   "llama_cpp": _llamacpp_report(loaded, check, tmp / name, tokenizer, tolerance, report.gate, console)}
         if auto_tried is not None:
-            record["auto"] = {"order": list(AUTO_ORDER), "refused": auto_tried}
+            record["auto"] = {"order": list(gguf_types_here()), "refused": auto_tried}
         write_json_atomic(tmp / REPORT, record)
         if ollama:
             from chattune.exporting.modelfile import write_modelfile
@@ -283,6 +301,21 @@ def _export_gguf(loaded, check: Check, out: Path, dtype: str, tolerance: float, 
     save_dir_atomic(out, write)
     console.print(f"[green]wrote[/] {out / name}")
     return reports[0]
+
+
+def _write_gguf_file(loaded, tokenizer, folder: Path, name: str, dtype: str) -> None:
+    """gguf-py writes f32/f16/q8_0/q4_0 itself; a K-quant is an f32 file quantized by llama.cpp."""
+    from chattune.exporting import llamacpp
+    from chattune.exporting.gguf_writer import write_gguf
+
+    label = f"chattune export of {loaded.run.path.name}"
+    if dtype not in llamacpp.K_QUANTS:
+        write_gguf(loaded.model, tokenizer, folder / name, dtype, name=label, stop_ids=loaded.stop_ids)
+        return
+    source = folder / gguf_filename("f32-unquantized")
+    write_gguf(loaded.model, tokenizer, source, "f32", name=label, stop_ids=loaded.stop_ids)
+    llamacpp.quantize(source, folder / name, dtype)
+    source.unlink()
 
 
 def _llamacpp_report(loaded, check: Check, path: Path, tokenizer, tolerance: float, gate: str, console) -> dict:
