@@ -171,3 +171,23 @@ def test_the_chinese_set_has_seed_002s_shape_and_disjoint_splits(tmp_path):
     assert (len(train), len(test)) == (350, 100) and not {r["text"] for r in train} & {r["text"] for r in test}
     assert all(r["category"] == LABELS_ZH and r["output"] in LABELS_ZH for r in train + test)
     assert [json.loads(line) for line in write_files_zh(tmp_path)[1].read_text().splitlines()] == test
+
+
+def test_nearest_equals_a_full_ranking_of_the_corpus_ties_in_corpus_order():
+    """The top-k selection (no full sort) gives what ranking every row by score, then by row, gives."""
+    import random
+
+    import numpy as np
+
+    from chattune.data.retrieval import Entry, Retriever, bm25_terms, normalized
+
+    rng = random.Random(0)
+    words = ["stocks", "fell", "rose", "bank", "goal", "match", "rain", "sun", "央行", "加息", "天气"]
+    entries = [Entry(" ".join(rng.choices(words, k=rng.randint(1, 4))), rng.choice("ab"), f"c:{i}") for i in range(60)]
+    for k in (1, 3, 8):
+        index = Retriever(entries, k, "{text} => {label}", "")
+        for query in [e.text for e in entries[:20]] + ["nothing shared", "rain rain sun"]:
+            scores = index._bm25.get_scores(bm25_terms(query) or [""])
+            ranked = [entries[i] for i in np.lexsort((np.arange(len(entries)), -scores))
+                      if normalized(entries[i].text) != normalized(query)]
+            assert index.nearest(query) == ranked[:k], (k, query)

@@ -121,9 +121,12 @@ class Retriever:
         wanted = min(self.k + len(own), len(self.entries))
         if wanted <= len(own):
             return []
-        terms = bm25_terms(text) or [""]
-        scores = self._bm25.get_scores(terms)
-        order = np.lexsort((np.arange(len(scores)), -scores))  # best first; ties: corpus order
+        scores = self._bm25.get_scores(bm25_terms(text) or [""])
+        # the `wanted` best without sorting the whole corpus; every row tied with the last one stays in,
+        # so ties are broken by corpus order, as a full sort would
+        bar = np.partition(scores, len(scores) - wanted)[len(scores) - wanted]
+        candidates = np.flatnonzero(scores >= bar)
+        order = candidates[np.lexsort((candidates, -scores[candidates]))]
         return [self.entries[i] for i in order if i not in own][: self.k]
 
     def examples_for(self, text: str) -> str:
@@ -136,8 +139,8 @@ class Retriever:
 
     def to_json(self) -> dict:
         return {"version": INDEX_VERSION, "retriever": self.retriever, "corpus": self.corpus,
-                "fingerprint": self.fingerprint(), "k": self.k, "example": self.example, "header": self.header, "field": self.text_field,
-                "rows": [[e.text, e.label, e.source] for e in self.entries]}
+                "fingerprint": self.fingerprint(), "k": self.k, "example": self.example, "header": self.header,
+                "field": self.text_field, "rows": [[e.text, e.label, e.source] for e in self.entries]}
 
 
 def corpus_path(retrieval_cfg, data_cfg) -> str:
