@@ -39,7 +39,7 @@ def export_row(run: Path, work: Path, dtype: str) -> dict:
            "max_logit_diff": report.max_logit_diff, "gate": report.gate, "tolerance": report.tolerance,
            "passed": report.passed, "prompts": report.prompts, "source": report.source}
     ran = json.loads((out / "export_report.json").read_text(encoding="utf-8")).get("llama_cpp", {})
-    if ran.get("installed"):  # the same prompts run by llama.cpp itself (exporting/llamacpp.py)
+    if ran.get("installed") and "error" not in ran:  # the same prompts run by llama.cpp itself (exporting/llamacpp.py)
         row["llama_cpp"] = {key: ran[key] for key in ("greedy_agreement", "mean_kl", "max_logit_diff",
                                                        "tokenizer_agreement")}
     if (out / "Modelfile").is_file():

@@ -6,8 +6,9 @@ block that fills data.prompt's `{examples}`. The same call builds training and i
 prompts (formats.task_to_messages), and it never returns a corpus row whose text equals the
 query (the row itself or a duplicate of it). The index is saved in the run dir as JSON (the
 corpus rows and a fingerprint, `rundir.RETRIEVAL_INDEX`) and the search structure is rebuilt
-from them on load: bm25s indexes 3,729 rows in well under a second (bench/README.md). It does not
-tokenize for the model, load a model or write prompts itself.
+from them on load: bm25s indexed the 350-row topic sets in 22-270 ms, and answered a query in
+0.2 ms, on a 2-core AVX2 EPYC (bench/retrieval.py). It does not tokenize for the model, load a
+model or write prompts itself.
 """
 
 from __future__ import annotations

@@ -325,13 +325,17 @@ def _llamacpp_report(loaded, check: Check, path: Path, tokenizer, tolerance: flo
 
     if not llamacpp.available():
         return {"installed": False}
-    llm = llamacpp.open_gguf(path, n_ctx=max(t.shape[1] for t in check.full) + 32)
     try:
-        outputs = llamacpp.outputs(llm, check.full, check.prompts, loaded.stop_ids)
-        report = fidelity.compare(check.reference, outputs, tolerance, check.source, gate)
-        report.tokenizer_agreement = llamacpp.tokenizer_agreement(llm, tokenizer, check.conversations)
-    finally:
-        llm.close()
+        llm = llamacpp.open_gguf(path, n_ctx=max(t.shape[1] for t in check.full) + 32)
+        try:
+            outputs = llamacpp.outputs(llm, check.full, check.prompts, loaded.stop_ids)
+            report = fidelity.compare(check.reference, outputs, tolerance, check.source, gate)
+            report.tokenizer_agreement = llamacpp.tokenizer_agreement(llm, tokenizer, check.conversations)
+        finally:
+            llm.close()
+    except Exception as err:  # noqa: BLE001 - an optional check; the transformers gate stands, the failure is kept
+        console.print(f"[yellow]warning[/]: llama.cpp could not run the file: {err}", highlight=False)
+        return {"installed": True, "error": repr(err)}
     _print(console, "llama.cpp", report)
     return {"installed": True, **report.to_dict()}
 
