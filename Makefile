@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.chattune-installed
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: install system-deps demo test test-fast test-gpu lint bench bench-speed bench-serve bench-scale bench-gguf bench-retrieval clean
+.PHONY: install system-deps demo test test-fast test-gpu lint bench bench-speed bench-serve bench-scale bench-gguf bench-retrieval bench-preference clean
 
 install: $(STAMP)
 
@@ -65,6 +65,9 @@ bench-gguf: $(STAMP)
 # seed 002 with retrieval: retrievers compared, then base / base+retrieval / fine-tuned / fine-tuned+retrieval (bench/README.md)
 bench-retrieval: $(STAMP)
 	$(BIN)/python -m bench retrieval
+
+bench-preference: $(STAMP)
+	$(BIN)/python -m bench preference
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

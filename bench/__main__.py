@@ -8,7 +8,7 @@ of the held-out loss. Runs bench/predict_speed.py too when it exists.
 `python -m bench serve-load [--seconds 60 --clients 50 ...]` load-tests `chattune serve`
 instead (bench/serve_load.py); `python -m bench data-prepare` times data preparation (bench/data_prepare.py);
 `python -m bench scale` measures peak memory on a 1.1B model (bench/scale.py); `python -m bench retrieval`
-seed 002 with retrieval (bench/retrieval.py).
+seed 002 with retrieval (bench/retrieval.py); `python -m bench preference` base/SFT/DPO/ORPO/KTO (bench/preference.py).
 """
 
 from __future__ import annotations
@@ -142,32 +142,16 @@ def machine() -> dict:
             "fast_bf16": cpu_has_fast_bf16(), "torch": torch.__version__}
 
 
+SUBCOMMANDS = {"serve-load": "serve_load", "data-prepare": "data_prepare", "scale": "scale", "gguf": "gguf_fidelity",
+               "retrieval": "retrieval", "quality": "quality", "preference": "preference"}
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["serve-load"]:
-        from bench import serve_load
+    if argv[:1] and argv[0] in SUBCOMMANDS:  # python -m bench NAME ...: that bench module's main
+        import importlib
 
-        return serve_load.main(argv[1:])
-    if argv[:1] == ["data-prepare"]:
-        from bench import data_prepare
-
-        return data_prepare.main(argv[1:])
-    if argv[:1] == ["scale"]:
-        from bench import scale
-
-        return scale.main(argv[1:])
-    if argv[:1] == ["gguf"]:
-        from bench import gguf_fidelity
-
-        return gguf_fidelity.main(argv[1:])
-    if argv[:1] == ["retrieval"]:
-        from bench import retrieval
-
-        return retrieval.main(argv[1:])
-    if argv[:1] == ["quality"]:
-        from bench import quality
-
-        return quality.main(argv[1:])
+        return importlib.import_module(f"bench.{SUBCOMMANDS[argv[0]]}").main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
                                      epilog="python -m bench serve-load --help: the server load test")
     # sized for the slowest machine seen (AVX2-only EPYC, fp32: the recipe trains ~27 tok/s there), so

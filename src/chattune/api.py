@@ -186,13 +186,21 @@ def evaluate(target: str | Path | Run, data: Any, metrics: list[str] | str = "lo
              retrieval: bool = True) -> EvalResult:
     """`chattune eval`: score `target` on `data` (a path or rows in memory); writes an eval folder.
 
-    `metrics`: names or a comma list (loss, exact, accuracy, rouge, stop_rate; chattune.metrics).
+    `metrics`: names or a comma list (loss, exact, accuracy, rouge, stop_rate; chattune.metrics), or
+    "preference" alone: held-out pairs, the run and its base (eval/preference.py).
     `retrieval` False: a data.retrieval run's prompts without the retrieved examples.
     """
     from chattune.data.inline import inline_data_path
     from chattune.eval.runner import run_eval
     from chattune.model.load import pick_device
 
+    if (metrics if isinstance(metrics, str) else ",".join(metrics)).strip() == "preference":
+        from chattune.eval.preference import run_preference_eval
+        from chattune.eval.runner import EvalResult
+
+        summary = run_preference_eval(str(target), inline_data_path(data), batch_size, pick_device(device), out,
+                                      like=str(like) if like is not None else None, dtype=dtype)
+        return EvalResult(Path(summary["out_dir"]), summary, [])
     names = _metric_names(metrics, labels)
     return run_eval(str(target), inline_data_path(data), names, labels, max_new_tokens, batch_size,
                     pick_device(device), out, console=console, settings=settings,

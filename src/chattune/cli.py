@@ -218,7 +218,9 @@ def _add_eval_parsers(sub) -> None:
     evaluate.add_argument("target", help="run dir or model (folder, hub id, builtin:NAME)")
     evaluate.add_argument("--data", required=True, help="JSON/JSONL file with reference answers")
     evaluate.add_argument("--metric", default="loss,exact,rouge,stop_rate",
-                          help="comma list of loss,exact,accuracy,rouge,stop_rate (default: all but accuracy)")
+                          help="comma list of loss,exact,accuracy,rouge,stop_rate (default: all but accuracy); or "
+                          "preference alone: on prompt/chosen/rejected pairs, the share where the run (and its base) "
+                          "finds chosen likelier")
     evaluate.add_argument("--labels", help="allowed labels for accuracy, comma separated (default: distinct references)")
     evaluate.add_argument("--max-new-tokens", type=int, default=64, help="longest answer in tokens (default 64)")
     evaluate.add_argument("--batch-size", type=int, default=8, help="prompts per batch (default 8)")

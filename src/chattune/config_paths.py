@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-PATH_KEYS = (("model", "name"), ("model", "tokenizer"), ("data", "path"), ("data", "eval_path"), ("data", "template"),
-             ("train", "fsdp"), ("train", "deepspeed"))
+PATH_KEYS = (("model", "name"), ("model", "tokenizer"), ("model", "adapter"), ("data", "path"), ("data", "eval_path"),
+             ("data", "template"), ("train", "fsdp"), ("train", "deepspeed"))
 
 
 def anchor_paths(raw: dict[str, Any], folder: Path) -> dict[str, Any]:

@@ -37,6 +37,9 @@ class ModelConfig(Section):
     )
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type (model.quantize=4bit)")
     double_quant: bool = Field(True, description="also quantize the 4-bit block scales (model.quantize=4bit)")
+    adapter: str | None = Field(
+        None, description="start from this run dir's (or adapter folder's) adapter, e.g. DPO after SFT"
+    )
 
 
 class DataSource(Section):
@@ -193,6 +196,10 @@ class LoraConfig(Section):
 class TrainConfig(Section):
     """How the adapter is trained: schedule, precision, speed, evaluation, checkpoints, processes."""
 
+    stage: Literal["sft", "dpo", "orpo", "kto"] = Field(
+        "sft", description="sft, or preference tuning by TRL's trainers: dpo, orpo, kto (docs/preference.md)"
+    )
+    beta: float = Field(0.1, gt=0, description="dpo/kto: strength of the reference-model penalty; orpo: its lambda")
     epochs: float = Field(3, gt=0, description="passes over the training data (fractions allowed)")
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: use epochs)")
     lr: float | Literal["auto"] = Field(
@@ -329,4 +336,11 @@ class TrainConfig(Section):
     def _one_engine(self):
         if self.fsdp and self.deepspeed:
             raise ValueError("give train.fsdp or train.deepspeed, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _preference_scores_loss(self):
+        if self.stage != "sft" and self.metric != "loss":
+            raise ValueError(f"train.stage={self.stage} evaluates its loss and rewards on held-out pairs; "
+                             f"train.metric={self.metric} is a generation metric of SFT (use train.metric=loss)")
         return self

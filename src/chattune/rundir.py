@@ -305,8 +305,9 @@ def join_for_inference(path: str | Path, model, adapter_name: str, base: str | N
     return Loaded(run, cfg, model, run_tokenizer(run, cfg))
 
 
-def attach_adapter(base, adapter_path: Path, adapter_name: str = "default"):
-    """A run's adapter attached to `base` with peft, after its checksums and tensor shapes are checked."""
+def attach_adapter(base, adapter_path: Path, adapter_name: str = "default", trainable: bool = False):
+    """A run's adapter attached to `base` with peft, after its checksums and tensor shapes are checked
+    (`trainable`: to train it further, model.adapter)."""
     from peft import PeftModel
 
     from chattune.adapter_base import check_adapter_shapes
@@ -315,7 +316,7 @@ def attach_adapter(base, adapter_path: Path, adapter_name: str = "default"):
     check_adapter_intact(adapter_path)
     check_adapter_shapes(adapter_path, base)
     with quiet_adalora_rank_pattern():
-        return PeftModel.from_pretrained(base, str(adapter_path), adapter_name=adapter_name)
+        return PeftModel.from_pretrained(base, str(adapter_path), adapter_name=adapter_name, is_trainable=trainable)
 
 
 def check_adapter_intact(adapter_path: Path) -> None:

@@ -30,6 +30,8 @@ BINS = 8
 
 def inspect_data(cfg, tokenizer, n: int, console: Console) -> Prepared:
     """Print the report; return the prepared data (its report's errors: training would refuse)."""
+    if cfg.train.stage != "sft":
+        return inspect_preferences(cfg, tokenizer, n, console)
     data = prepare(cfg.data, tokenizer, cfg.seed)
     console.print(f"[bold]template[/] {data.report.template or 'none'}; mask {cfg.data.mask}; "
                   f"max_length {cfg.data.max_length} ({cfg.data.truncation})")
@@ -167,3 +169,26 @@ def inspection_report(data: Prepared, cfg, tokenizer, n: int) -> dict:
                           for lo, hi, c in histogram_bins(data.lengths)],
             "stats": {split: stats for split, stats in data.stats.items() if data.usable.get(split)},
             **findings, "examples": examples}
+
+
+def inspect_preferences(cfg, tokenizer, n: int, console: Console):
+    """train.stage dpo/orpo/kto: the counts, then each of `n` rows as its prompt and every side, trained tokens
+    coloured as training sees them (a bad row raises the lint's DataError, every row at file:line:field)."""
+    from chattune.data.preference_encode import prepare_preferences
+
+    data = prepare_preferences(cfg, tokenizer)
+    console.print(f"[bold]template[/] {data.template}; stage {cfg.train.stage}; max_length {cfg.data.max_length} "
+                  f"({cfg.data.truncation})")
+    for split, stats in data.stats.items():
+        print_stats(split, _counted(stats), console)
+    print_findings("skipped (data.on_error=skip)", "yellow", data.report.skipped, console)
+    for row in data.train[:n]:
+        sides = [k.removesuffix("_ids") for k in ("chosen_ids", "rejected_ids", "completion_ids") if k in row]
+        console.rule(f"{row['source']}  (prompt {len(row['prompt_ids'])} tokens)")
+        console.print(render_example(tokenizer, row["prompt_ids"], [IGNORE_INDEX] * len(row["prompt_ids"])))
+        for side in sides:
+            label = f" (label {row['label']})" if "label" in row else ""
+            console.print(Text(f"{side}{label}:", style="bold"), render_example(tokenizer, row[f"{side}_ids"],
+                                                                                  row[f"{side}_ids"]))
+    console.print("[dim]legend: [green]trained[/green], context, [magenta]special token[/magenta], ↵ newline[/dim]")
+    return data

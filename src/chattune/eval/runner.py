@@ -258,6 +258,8 @@ def print_summary(result: EvalResult, console) -> None:
     table.add_column("value", justify="right")
     for name, value in result.summary["metrics"].items():
         table.add_row(name, f"{value:.4f}")
+    for name, value in result.summary.get("base_metrics", {}).items():  # --metric preference: adapter off
+        table.add_row(f"{name} (base)", f"{value:.4f}")
     console.print(table)
     unparseable = result.summary.get("unparseable") or []
     if unparseable:

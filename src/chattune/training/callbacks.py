@@ -37,6 +37,9 @@ class StopOnNonFinite(TrainerCallback):
                 "(try train.precision=fp32), or data rows with no trained token (chattune data inspect)")
 
 
+PREFERENCE_METRICS = ("rewards/", "kl", "log_odds", "nll_loss")  # logged by TRL's DPO, KTO and ORPO trainers
+
+
 class MetricsLogger(TrainerCallback):
     """Writes {step, epoch, loss, lr, grad_norm, tokens_per_s, ...} lines; flushes each line."""
 
@@ -60,6 +63,9 @@ class MetricsLogger(TrainerCallback):
         for key in ("loss", "eval_loss", "learning_rate", "grad_norm", "adalora_penalty"):
             if key in logs:
                 record["lr" if key == "learning_rate" else key] = float(logs[key])
+        for key, value in logs.items():  # TRL's preference metrics: rewards/chosen, rewards/margins, kl, ...
+            if key.removeprefix("eval_").startswith(PREFERENCE_METRICS):
+                record[key] = float(value)
         if "loss" in logs:
             self._add_throughput(record)
         if len(record) <= 2:

@@ -23,9 +23,24 @@ def plot_loss(records: list[dict], out: Path, title: str = "loss") -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if train or evals:
-        ax.legend()
+        ax.legend(loc="upper left")
+    plot_reward_margins(ax, records)
     fig.tight_layout()
     tmp = out.with_name(f".{out.name}.tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
     tmp.replace(out)
+
+
+def plot_reward_margins(ax, records: list[dict]) -> None:
+    """Preference stages: TRL's reward margin (chosen minus rejected), train and eval, on a right-hand axis."""
+    curves = [(key, [(r["step"], r[key]) for r in records if key in r]) for key in ("rewards/margins",
+                                                                                   "eval_rewards/margins")]
+    curves = [(key, points) for key, points in curves if points]
+    if not curves:
+        return
+    right = ax.twinx()
+    for (key, points), style in zip(curves, ("-", "o--"), strict=False):
+        right.plot(*zip(*points, strict=True), style, color="tab:green", label=key.replace("/", " "))
+    right.set_ylabel("reward margin (chosen - rejected)")
+    right.legend(loc="upper right")

@@ -17,15 +17,11 @@ from rich.console import Console
 
 from chattune import rundir
 from chattune.config import RunConfig
+from chattune.data.preference_encode import prepare_preferences
 from chattune.data.prepare import prepare_data, report_data
 from chattune.faults import fault_point
-from chattune.io import (
-    DiskFull,
-    clean_temporaries,
-    drop_cut_line,
-    located_disk_full,
-)
-from chattune.model.adapters import adapter_writer, attach_lora
+from chattune.io import DiskFull, clean_temporaries, drop_cut_line, located_disk_full
+from chattune.model.adapters import adapter_writer, attach_lora, start_from_adapter
 from chattune.model.load import (
     load_base_model,
     load_tokenizer,
@@ -38,6 +34,11 @@ from chattune.training import distributed
 from chattune.training.defaults import learning_rate
 from chattune.training.forgetting import guard_run
 from chattune.training.methods import method_callbacks, preflight, total_optimizer_steps
+from chattune.training.preference import (
+    build_preference_trainer,
+    stage_arguments,
+    without_reference_adapter,
+)
 from chattune.training.speed import (
     base_weight_dtype,
     collator_for,
@@ -91,7 +92,8 @@ def build_training_args(cfg: RunConfig, run_path: Path, precision: str, device: 
     t = cfg.train
     eval_steps = t.eval_every
     eval_strategy = "no" if not has_eval else ("steps" if eval_steps else "epoch")
-    return TrainingArguments(
+    args_class, stage_args = stage_arguments(t, cfg.data.max_length) if t.stage != "sft" else (TrainingArguments, {})
+    return args_class(
         output_dir=str(staging_root(rundir.RunDir(run_path).checkpoints)),  # training/checkpoints.py commits each one by rename
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
@@ -122,6 +124,7 @@ def build_training_args(cfg: RunConfig, run_path: Path, precision: str, device: 
         torch_compile=t.compile,
         ddp_backend=distributed.ddp_backend(device),
         **distributed.engine_args(t),  # train.fsdp / train.deepspeed presets
+        **stage_args,
     )
 
 
@@ -187,17 +190,20 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
     rundir.check_free_space(run_path, rundir.estimated_size(trainable, checkpoints))  # now, not at the first save
     session = setup_session(cfg, run_path, tokenizer, data, plan, console)
     callbacks = session.callbacks(precision, lr, cfg, extra_callbacks)
-    trainer = build_trainer(cfg, model, args, data, collator_for(cfg.train, tokenizer, model), callbacks, device,
-                            session.counter)
+    if cfg.train.stage == "sft":
+        trainer = build_trainer(cfg, model, args, data, collator_for(cfg.train, tokenizer, model), callbacks, device,
+                                session.counter)
+    else:  # TRL's DPO/ORPO/KTO trainer on padded batches
+        trainer = build_preference_trainer(cfg, model, args, data, tokenizer, callbacks, session.counter)
     result, best = fit_run(trainer, model, session, plan, cfg, len(data.train), run_path)
-    model = without_training_autocast(model, precision)  # handed back as a fresh load would run it
+    model = without_training_autocast(without_reference_adapter(model), precision)  # as a fresh load runs it
     return save(run_path, cfg, trainer, model, tokenizer, data.stats, session, result, best, precision, lr, console)
 
 
 def setup_data(cfg: RunConfig, plan, console: Console):
     """The tokenizer and the prepared data, checked before any weights load; a resume refuses changed data."""
     tokenizer = load_tokenizer(cfg.model)
-    data = prepare_data(cfg, tokenizer, console)
+    data = prepare_data(cfg, tokenizer, console) if cfg.train.stage == "sft" else prepare_preferences(cfg, tokenizer)
     report_data(data.stats, console)
     if plan:
         plan.check_data(data.stats)
@@ -227,7 +233,10 @@ def setup_model(cfg: RunConfig, run_path: Path, precision: str, device: str, ada
 
         trim_heap()  # the buffers the shards were read into
     init_dir = run_path / rundir.INIT_ADAPTER if distributed.is_main() else None  # PiSSA/OLoRA: converts saved adapters
-    model = attach_lora(base, cfg.lora, total_steps=adalora_steps, init_dir=init_dir)
+    if cfg.model.adapter:  # e.g. DPO after SFT: that run's adapter, trained further
+        model = start_from_adapter(base, cfg)
+    else:
+        model = attach_lora(base, cfg.lora, total_steps=adalora_steps, init_dir=init_dir)
     trainable, total = model.get_nb_trainable_parameters()  # peft's count: 4-bit weights at their real size
     console.print(
         f"[bold]{cfg.lora.method}[/] r={cfg.lora.r} on {sorted(model.peft_config['default'].target_modules)}: "
