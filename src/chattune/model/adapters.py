@@ -180,20 +180,3 @@ def quiet_adalora_rank_pattern():
         yield
 
 
-
-def start_from_adapter(base, cfg: config.RunConfig):
-    """The adapter of model.adapter (a run dir or an adapter folder) on `base`, trainable: DPO after SFT.
-
-    Its base must be the run's model.name (checked before it loads), its files intact; lora.* does not
-    apply (the adapter keeps its own rank and targets)."""
-    from chattune import rundir
-    from chattune.adapter_base import check_adapter_base
-    from chattune.models import resolve_model
-
-    source = Path(cfg.model.adapter)
-    folder = source / rundir.ADAPTER if rundir.is_run_dir(source) else source
-    if not (folder / "adapter_config.json").is_file():
-        raise rundir.RunDirError(f"{cfg.model.adapter}: model.adapter is neither a run dir nor an adapter folder "
-                                 "(no adapter_config.json)")
-    check_adapter_base(folder, resolve_model(cfg.model.name, cfg.model.revision))
-    return rundir.attach_adapter(base, folder, trainable=True)

@@ -5,6 +5,7 @@ when asked for, train.optim steps on this device, explicit lora.targets exist in
 module tree (read from its config on the meta device), and AdaLoRA's schedule fits the run's
 optimizer steps. AdaLoRA then needs `update_and_allocate(step)` after every optimizer step and
 before the gradients are zeroed; transformers' Trainer does not call it, `AdaLoraBudget` does.
+`start_from_adapter` gives model.adapter: an earlier run's adapter, trained further (DPO after SFT).
 """
 
 from __future__ import annotations
@@ -165,3 +166,23 @@ def adalora_loss(trainer, model, inputs, return_outputs=False, num_items_in_batc
     share = adalora_orth_penalty(model) * adalora_penalty_weight(model) / micro_batches  # this micro-batch's part
     trainer.adalora_penalties.add(trainer.state.global_step, float(share.detach()))
     return loss + (share if scaled else share * micro_batches)  # unscaled: the Trainer divides by the micro-batches
+
+
+def start_from_adapter(base, cfg):
+    """The adapter of model.adapter (a run dir or an adapter folder) on `base`, trainable: DPO after SFT.
+
+    Its base must be the run's model.name (checked before it loads), its files intact; lora.* does not
+    apply (the adapter keeps its own rank and targets)."""
+    from pathlib import Path
+
+    from chattune import rundir
+    from chattune.adapter_base import check_adapter_base
+    from chattune.models import resolve_model
+
+    source = Path(cfg.model.adapter)
+    folder = source / rundir.ADAPTER if rundir.is_run_dir(source) else source
+    if not (folder / "adapter_config.json").is_file():
+        raise rundir.RunDirError(f"{cfg.model.adapter}: model.adapter is neither a run dir nor an adapter folder "
+                                 "(no adapter_config.json)")
+    check_adapter_base(folder, resolve_model(cfg.model.name, cfg.model.revision))
+    return rundir.attach_adapter(base, folder, trainable=True)

@@ -21,7 +21,7 @@ from chattune.data.preference_encode import prepare_preferences
 from chattune.data.prepare import prepare_data, report_data
 from chattune.faults import fault_point
 from chattune.io import DiskFull, clean_temporaries, drop_cut_line, located_disk_full
-from chattune.model.adapters import adapter_writer, attach_lora, start_from_adapter
+from chattune.model.adapters import adapter_writer, attach_lora
 from chattune.model.load import (
     load_base_model,
     load_tokenizer,
@@ -33,7 +33,12 @@ from chattune.model.quant import compute_dtype, prepare_for_training
 from chattune.training import distributed
 from chattune.training.defaults import learning_rate
 from chattune.training.forgetting import guard_run
-from chattune.training.methods import method_callbacks, preflight, total_optimizer_steps
+from chattune.training.methods import (
+    method_callbacks,
+    preflight,
+    start_from_adapter,
+    total_optimizer_steps,
+)
 from chattune.training.preference import (
     build_preference_trainer,
     stage_arguments,
