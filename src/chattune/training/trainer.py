@@ -30,7 +30,7 @@ from chattune.model.load import (
     slow_precision_warning,
 )
 from chattune.model.quant import compute_dtype, prepare_for_training
-from chattune.training import distributed
+from chattune.training import distributed, preference
 from chattune.training.defaults import learning_rate
 from chattune.training.forgetting import guard_run
 from chattune.training.methods import (
@@ -38,11 +38,6 @@ from chattune.training.methods import (
     preflight,
     start_from_adapter,
     total_optimizer_steps,
-)
-from chattune.training.preference import (
-    build_preference_trainer,
-    stage_arguments,
-    without_reference_adapter,
 )
 from chattune.training.speed import (
     base_weight_dtype,
@@ -97,7 +92,7 @@ def build_training_args(cfg: RunConfig, run_path: Path, precision: str, device: 
     t = cfg.train
     eval_steps = t.eval_every
     eval_strategy = "no" if not has_eval else ("steps" if eval_steps else "epoch")
-    args_class, stage_args = stage_arguments(t, cfg.data.max_length) if t.stage != "sft" else (TrainingArguments, {})
+    args_class, stage_args = preference.stage_arguments(t, cfg.data.max_length) if t.stage != "sft" else (TrainingArguments, {})
     return args_class(
         output_dir=str(staging_root(rundir.RunDir(run_path).checkpoints)),  # training/checkpoints.py commits each one by rename
         per_device_train_batch_size=t.batch_size,
@@ -195,13 +190,9 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
     rundir.check_free_space(run_path, rundir.estimated_size(trainable, checkpoints))  # now, not at the first save
     session = setup_session(cfg, run_path, tokenizer, data, plan, console)
     callbacks = session.callbacks(precision, lr, cfg, extra_callbacks)
-    if cfg.train.stage == "sft":
-        trainer = build_trainer(cfg, model, args, data, collator_for(cfg.train, tokenizer, model), callbacks, device,
-                                session.counter)
-    else:  # TRL's DPO/ORPO/KTO trainer on padded batches
-        trainer = build_preference_trainer(cfg, model, args, data, tokenizer, callbacks, session.counter)
+    trainer = build_trainer(cfg, model, args, data, tokenizer, callbacks, device, session.counter)
     result, best = fit_run(trainer, model, session, plan, cfg, len(data.train), run_path)
-    model = without_training_autocast(without_reference_adapter(model), precision)  # as a fresh load runs it
+    model = without_training_autocast(preference.without_reference_adapter(model), precision)  # as a fresh load runs it
     return save(run_path, cfg, trainer, model, tokenizer, data.stats, session, result, best, precision, lr, console)
 
 
@@ -292,14 +283,17 @@ def setup_session(cfg: RunConfig, run_path: Path, tokenizer, data, plan, console
     return Session(counter, metrics, monitoring, progress, StopOnSignal(), checkpoints)
 
 
-def build_trainer(cfg: RunConfig, model, args, data, collator, callbacks: list, device: str, counter: TokenCounter):
-    """transformers' Trainer with chattune's token counting, loss path and token budget (training/counting_trainer.py)."""
+def build_trainer(cfg: RunConfig, model, args, data, tokenizer, callbacks: list, device: str, counter: TokenCounter):
+    """transformers' Trainer with chattune's token counting, loss path and token budget (training/counting_trainer.py);
+    train.stage dpo/orpo/kto: TRL's trainer of that stage, on padded batches (training/preference.py)."""
     from chattune.training.counting_trainer import CountingTrainer
     from chattune.training.methods import PenaltyLog
 
+    if cfg.train.stage != "sft":
+        return preference.build_preference_trainer(cfg, model, args, data, tokenizer, callbacks, counter)
     return CountingTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.eval or None,
-        data_collator=collator, callbacks=callbacks, counter=counter,
+        data_collator=collator_for(cfg.train, tokenizer, model), callbacks=callbacks, counter=counter,
         skip_prompt_logits=cfg.train.skip_prompt_logits, micro_batch_tokens=micro_batch_budget(cfg, device),
         adalora_penalties=PenaltyLog() if cfg.lora.method == "adalora" else None,
     )
