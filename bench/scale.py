@@ -98,7 +98,8 @@ def table(rows: list[dict], checkpoint_mb: float, judged: dict) -> str:
              "| step | seconds | peak RSS MB | x checkpoint | target | met |", "|---|---|---|---|---|---|"]
     for r in rows:
         verdict = judged.get(r["step"], {})
-        lines.append(f"| {r['step']} | {r['seconds']} | {r['peak_rss_mb']} | {r['peak_rss_mb'] / checkpoint_mb:.2f} "
+        step = f"{r['step']} ({r['precision']})" if "precision" in r else r["step"]
+        lines.append(f"| {step} | {r['seconds']} | {r['peak_rss_mb']} | {r['peak_rss_mb'] / checkpoint_mb:.2f} "
                      f"| {verdict.get('target', '')} | {verdict.get('met', '')} |")
     qlora = judged["QLoRA vs LoRA training"]
     lines.append(f"\nQLoRA / LoRA training peak RSS: {qlora['ratio']} (target <= 0.6: {qlora['met']})")
@@ -121,6 +122,8 @@ def main(argv=None) -> int:
                          env, log) if not (model / "config.json").exists() else None
         checkpoint_mb = sum(f.stat().st_size for f in model.glob("*.safetensors")) / 2**20
         rows = [measured(name, cmd, env, log) for name, cmd in steps(model, work)]
+        for row, run in zip(rows, (work / "run-lora", work / "run-qlora"), strict=False):  # the two training steps
+            row["precision"] = json.loads((run / "summary.json").read_text())["precision"]
         judged = verdicts({r["step"]: r for r in rows}, checkpoint_mb)
         params = json.loads((model / "chattune-bench.json").read_text())["parameters"]
         report = {"date": datetime.now().isoformat(timespec="seconds"), "machine": machine(), "parameters": params,

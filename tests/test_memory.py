@@ -46,10 +46,28 @@ def test_fixed_threshold_gives_activations_their_own_mapping():
     assert default["mapped_growth"] == 0  # glibc's default put it on the heap, where freed space stays in RSS
 
 
+def test_the_export_command_fixes_the_threshold_before_it_exports(monkeypatch):
+    """`chattune export` only (a process that ends with it); the Python API leaves the caller's allocator alone."""
+    from chattune import api
+    from chattune.cli import main
+    from chattune.training import memory
+
+    calls = []
+    monkeypatch.setattr(memory, "release_freed_tensors", lambda kb: calls.append(("threshold", kb)))
+    monkeypatch.setattr(api, "export", lambda *args, **kwargs: calls.append(("export", args[:2])))
+    assert main(["export", "runs/some-run", "--out", "exports/x"]) == 0
+    assert calls == [("threshold", memory.EXPORT_MMAP_THRESHOLD_KB), ("export", ("runs/some-run", "exports/x"))]
+    assert memory.EXPORT_MMAP_THRESHOLD_KB == 1024
+
+
 def test_config_escape_hatch_validates():
     from chattune.config import ConfigError, load_config
+    from chattune.training.memory import threshold_for
 
-    assert load_config(None, []).train.mmap_threshold_kb == 0  # opt-in: it costs tokens/s
+    assert load_config(None, []).train.mmap_threshold_kb == "auto"
+    assert threshold_for("auto", quantized=False) == 0, "it costs LoRA tokens/s: glibc's default"
+    assert threshold_for("auto", quantized=True) == 1024, "QLoRA chose memory"
+    assert threshold_for(0, quantized=True) == 0 and threshold_for(512, quantized=False) == 512
     assert load_config(None, ["train.mmap_threshold_kb=1024"]).train.mmap_threshold_kb == 1024
     with pytest.raises(ConfigError, match="mmap_threshold_kb"):
         load_config(None, ["train.mmap_threshold_kb=-1"])

@@ -261,3 +261,26 @@ def test_a_quantized_load_reads_shards_by_pread_and_gets_the_same_weights(tiny_m
     backends.clear()
     load_base_model(full)
     assert set(backends) == {"mmap"}, "a full-precision base keeps its zero-copy mapped weights"
+
+
+@pytest.mark.parametrize("checkpointing", ["false", "true"])
+def test_a_bf16_qlora_run_keeps_its_frozen_weights_in_bf16(tiny_model_dir, tmp_path, checkpointing):
+    """model.quant.freeze_keeping_dtype: no fp32 copy of the embedding, norms or head (peft's upcast is for
+    fp16); the adapter trains in fp32, the forgetting guard scores the model outside autocast."""
+    from chattune.training.trainer import train
+
+    outcome = train(_cfg(tiny_model_dir, tmp_path / "run", "model.quantize=4bit", "data.eval_ratio=0",
+                         "train.precision=bf16", "train.forgetting=true",
+                         f"train.gradient_checkpointing={checkpointing}"))
+    model = outcome.model
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad and type(p).__name__ != "Params4bit"}
+    assert frozen == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    layer = model.get_base_model().model.layers[0].mlp.down_proj.base_layer
+    assert type(layer).__name__ == "Linear4bit" and layer.compute_dtype == torch.bfloat16
+    assert model.get_base_model().is_activation_checkpointing == (checkpointing == "true")
+    records = [r for r in rundir.RunDir(outcome.run_dir).metrics() if "loss" in r]
+    assert len(records) == 2 and all(torch.isfinite(torch.tensor([r["loss"], r["grad_norm"]])).all() for r in records)
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n), "the adapter learned"
+    guard = outcome.summary["forgetting"]
+    assert torch.isfinite(torch.tensor([guard["base_loss"], guard["tuned_loss"], guard["kl_to_base"]])).all()

@@ -158,7 +158,9 @@ HANDLERS = {"train": cmd_train, "chat": cmd_chat, "demo": cmd_demo, "config": cm
 def cmd_export(args: Namespace) -> int:
     from chattune.api import export
     from chattune.exporting.merge import ExportError
+    from chattune.training.memory import EXPORT_MMAP_THRESHOLD_KB, release_freed_tensors
 
+    release_freed_tensors(EXPORT_MMAP_THRESHOLD_KB)  # this process ends with the export (training/memory.py)
     try:
         export(args.run_dir, args.out, args.format, gguf_dtype=args.gguf_dtype, tolerance=args.tolerance,
                force=args.force, dtype=args.dtype, ollama=args.ollama)

@@ -240,9 +240,10 @@ class TrainConfig(Section):
         "(LoRA weights stay fp32)"
     )
     compile: bool = Field(False, description="torch.compile the model (pays minutes of compile; long runs only)")
-    mmap_threshold_kb: int = Field(
-        0, ge=0, description="glibc: tensors above this many KiB get their own mapping, so freed activations leave RSS "
-        "(lower peak RSS, fewer tokens/s: training/memory.py); 0 keeps the C library's default"
+    mmap_threshold_kb: int | Literal["auto"] = Field(
+        "auto", description="glibc: tensors above this many KiB get their own mapping, so freed activations leave RSS "
+        "(lower peak RSS, fewer tokens/s: training/memory.py); 0 keeps the C library's default; auto: 1024 for a "
+        "quantized base (model.quantize), else 0"
     )
     # tracking and in-training evaluation (issue 5)
     tracking: Literal["none", "swanlab", "tensorboard"] | list[Literal["none", "swanlab", "tensorboard"]] = Field(
@@ -325,11 +326,13 @@ class TrainConfig(Section):
             raise ValueError(f"use one of {', '.join(OPTIMIZERS)}")
         return value
 
-    @field_validator("micro_batch_tokens")
+    @field_validator("micro_batch_tokens", "mmap_threshold_kb")
     @classmethod
-    def _budget_not_negative(cls, value):
+    def _auto_or_not_negative(cls, value, info):
         if value != "auto" and value < 0:
-            raise ValueError("use a token count (0: no limit) or auto")
+            unit = {"micro_batch_tokens": "a token count (0: no limit)",
+                    "mmap_threshold_kb": "a size in KiB (0: the C library's default)"}[info.field_name]
+            raise ValueError(f"use {unit} or auto")
         return value
 
     @model_validator(mode="after")

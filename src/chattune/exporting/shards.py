@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chattune.adapter_base import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from chattune.model.checkpoint import FLOAT_KINDS, INDEX, SINGLE, read_headers
 
-INDEX = "model.safetensors.index.json"
-SINGLE = "model.safetensors"
 _KEY = re.compile(r"base_model\.model\.(.+)\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector)")
 # adapter_config.json settings whose merge is not W + (B @ A) * scaling on `<module>.weight`
 _UNSUPPORTED = ("fan_in_fan_out", "lora_bias", "layer_replication", "target_parameters",
@@ -121,23 +120,10 @@ def _delta(module: str, found: dict, config: dict) -> Delta:
 
 def scan_base(source: str, revision: str | None = None) -> ShardPlan:
     """The base's shards, each tensor's shape (headers only) and the base's dtype; no deltas yet."""
-    import torch
-    from safetensors import safe_open
-
     folder, shards, indexed = base_shards(source, revision)
-    plan = ShardPlan(folder, shards, indexed)
-    sizes: dict[str, int] = {}
-    for name in shards:
-        with safe_open(str(folder / name), framework="pt") as tensors:
-            keys = tensors.keys()  # safe_open is not iterable itself
-            for key in keys:
-                piece = tensors.get_slice(key)
-                shape, kind = piece.get_shape(), piece.get_dtype()
-                plan.shapes[key], plan.kinds[key] = shape, kind
-                if kind in _FLOATS:
-                    sizes[kind] = sizes.get(kind, 0) + _FLOATS[kind][0] * math.prod(shape)
-    plan.dtype = getattr(torch, _FLOATS[max(sizes, key=sizes.get)][1]) if sizes else None
-    return plan
+    headers = read_headers(folder, shards)
+    return ShardPlan(folder, shards, indexed, shapes=headers.shapes, kinds=headers.kinds,
+                     dtype=headers.dominant_dtype())
 
 
 def plan_merge(source: str, revision: str | None, adapter_dir: Path, tied: frozenset[str] = frozenset()) -> ShardPlan:
@@ -157,13 +143,10 @@ def plan_merge(source: str, revision: str | None, adapter_dir: Path, tied: froze
         if plan.shapes.get(key) != want:
             got = "absent" if key not in plan.shapes else f"shape {plan.shapes[key]}"
             raise NotShardable(f"the base stores {key} {got}, the adapter expects {want}")
-        if plan.kinds[key] not in _FLOATS:
+        if plan.kinds[key] not in FLOAT_KINDS:
             raise NotShardable(f"the base stores {key} as {plan.kinds[key]}, not a plain float type")
         plan.deltas[key] = delta
     return plan
-
-
-_FLOATS = {"F64": (8, "float64"), "F32": (4, "float32"), "BF16": (2, "bfloat16"), "F16": (2, "float16")}
 
 
 def merged_weight(weight, delta: Delta, dtype):

@@ -175,12 +175,12 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
     """The recipe, once the run dir exists: setup_data -> setup_model -> build_trainer -> fit -> save."""
     from transformers import set_seed
 
-    from chattune.training.memory import bound_allocator_caches, release_freed_tensors
+    from chattune.training import memory
 
     set_seed(cfg.seed)
-    release_freed_tensors(cfg.train.mmap_threshold_kb)  # opt-in; before the weights load
+    memory.release_freed_tensors(memory.threshold_for(cfg.train.mmap_threshold_kb, cfg.model.quantize != "none"))
     if device == "cpu":
-        bound_allocator_caches()  # before the first matmul and before the Trainer's threads
+        memory.bound_allocator_caches()  # before the first matmul and before the Trainer's threads
     tokenizer, data = setup_data(cfg, plan, console)
     precision, lr = setup_optimization(cfg, device, console)
     args = build_training_args(cfg, run_path, precision, device, bool(data.eval), lr)  # before the model: ZeRO-3
@@ -223,7 +223,7 @@ def setup_model(cfg: RunConfig, run_path: Path, precision: str, device: str, ada
     """The base in its training dtype (or 4/8-bit) with the run's adapter attached; (model, trainable count)."""
     base = load_base_model(cfg.model, dtype=base_weight_dtype(cfg.train, precision), device=device,
                            compute_dtype=compute_dtype(precision))
-    base = prepare_for_training(base, cfg.train.gradient_checkpointing)  # model.quantize: peft's k-bit prep
+    base = prepare_for_training(base, cfg.train.gradient_checkpointing, precision)  # model.quantize: k-bit prep
     if cfg.model.quantize != "none":
         from chattune.training.memory import trim_heap
 
