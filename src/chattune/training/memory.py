@@ -1,12 +1,12 @@
-"""Keep a training process's resident memory near what it uses: freed tensors go back to the OS.
+"""Keep a training or export process's resident memory near what it uses: freed tensors go back to the OS.
 
 glibc serves allocations below its mmap threshold from the heap, and that threshold grows
 (up to 32 MiB) each time a large block is freed. Training tensors are activation-sized
 (0.1-10 MiB) and change size every step (packed rows differ in length), so the heap
 fragments and RSS climbs while the live tensors stay the same: on SmolLM2-135M (fp32,
 4 examples per micro-step) RSS went 2.1 -> 2.9 GB in 6 steps. A fixed threshold gives
-each larger tensor its own mapping, unmapped when freed. It is a trade, so it is opt-in
-(train.mmap_threshold_kb; auto = glibc's own behaviour except for QLoRA): 1024 KiB cut that peak RSS
+each larger tensor its own mapping, unmapped when freed. It is a trade, so LoRA keeps glibc's
+default (train.mmap_threshold_kb: auto; QLoRA and export fix it, below): 1024 KiB cut that peak RSS
 3.05 -> 2.48 GB for 10% fewer tokens/s, 128 KiB to 2.23 GB for 24% fewer (page faults);
 with 2 examples per micro-step it made no difference (bench/README.md). glibc only.
 
