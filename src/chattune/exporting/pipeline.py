@@ -32,7 +32,7 @@ from chattune.exporting.merge import (
     write_hf_folder,
     write_model_files,
 )
-from chattune.exporting.shards import NotShardable, ShardPlan, merge_shards, plan_merge, scan_base
+from chattune.exporting.shards import NotShardable, ShardPlan, merge_shards, plan_merge
 from chattune.io import save_dir_atomic, write_json_atomic
 from chattune.training.memory import trim_heap
 
@@ -241,12 +241,10 @@ def _torch_dtype(name: str | None):
 
 def _stored_dtype(cfg):
     """The dtype the base's safetensors hold most bytes in; None (fp32) when unknown."""
+    from chattune.model.checkpoint import stored_dtype
     from chattune.models import resolve_model
 
-    try:
-        return scan_base(resolve_model(cfg.model.name, cfg.model.revision), cfg.model.revision).dtype
-    except NotShardable:
-        return None
+    return stored_dtype(resolve_model(cfg.model.name, cfg.model.revision))
 
 
 def _tolerance(tolerance: float | None, dtype) -> float:
