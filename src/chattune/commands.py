@@ -152,7 +152,14 @@ def cmd_demo(args: Namespace) -> int:
         return _report_interrupted(stop, ["train", *filter(None, [args.config]), *args.overrides])
 
 
-HANDLERS = {"train": cmd_train, "chat": cmd_chat, "demo": cmd_demo, "config": cmd_config}
+def cmd_fetch(args: Namespace) -> int:
+    from chattune.models import fetch_builtin
+
+    Console().print(f"[green]ready[/] {fetch_builtin(args.model, convert=not args.no_convert)}")
+    return 0
+
+
+HANDLERS = {"train": cmd_train, "chat": cmd_chat, "demo": cmd_demo, "config": cmd_config, "fetch": cmd_fetch}
 
 
 def cmd_export(args: Namespace) -> int:

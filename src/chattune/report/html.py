@@ -79,6 +79,7 @@ def metrics_section(info: RunInfo) -> str:
     keys = ["steps", "train_loss", "final_loss", "final_eval_loss", "seconds", "tokens_per_s", "trained_tokens"]
     parts = ["<h2>Metrics</h2>", _table(["training", *keys], [["run", *[info.summary.get(k) for k in keys]]])]
     parts.append(forgetting_table(info.summary.get("forgetting")))
+    parts.append(spikes_table(info.summary.get("loss_spikes")))
     best = info.summary.get("in_training_eval")
     if best:
         parts.append(_table(["in-training metric", "best", "best step", "evaluations", "stopped early at", "adapter"],
@@ -109,6 +110,17 @@ def forgetting_table(entry: dict | None) -> str:
         table += ("<p><mark>warning: KL to the base is above the threshold; the fine-tuned model drifted on "
                   "general questions. Mix general rows in (data.replay) or train less (train.lr, train.epochs).</mark></p>")
     return table
+
+
+def spikes_table(entry: dict | None) -> str:
+    """Loss spikes noticed during training (training/spikes.py), with the likely cause."""
+    if not entry:
+        return "<p class=muted>loss spikes: none</p>"
+    rows = [[s.get("step"), s.get("loss"), s.get("level"), s.get("grad_norm"), "yes" if s.get("persists") else "no"]
+            for s in entry.get("spikes", [])]
+    table = _table(["loss spike at step", "loss", "running level", "grad norm", "persisted"], rows)
+    mark = "warning: a spike persisted; " if entry.get("persisting") else ""
+    return table + f"<p><mark>{escape(mark + str(entry.get('advice', '')))}</mark></p>"
 
 
 _PIECES = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]|[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]+|\s+|[^\w\s]")

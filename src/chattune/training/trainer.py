@@ -254,12 +254,14 @@ class Session:
     progress: object  # train.resume.CheckpointState
     stopper: object  # train.interrupt.StopOnSignal
     checkpoints: object  # train.checkpoints.AtomicCheckpoints
+    spikes: object  # train.spikes.LossSpikeCallback
 
     def callbacks(self, precision: str, lr: float, cfg: RunConfig, extra=()) -> list:
         """The Trainer's callbacks; the checkpoint committer last, once every other one has had its say."""
         from chattune.training.callbacks import StopOnNonFinite
 
-        return [StopOnNonFinite(precision, lr), self.metrics, *self.monitoring.callbacks, self.stopper,
+        self.spikes.lr = lr
+        return [StopOnNonFinite(precision, lr), self.metrics, self.spikes, *self.monitoring.callbacks, self.stopper,
                 *method_callbacks(cfg.lora), *extra, self.checkpoints]
 
 
@@ -271,6 +273,7 @@ def setup_session(cfg: RunConfig, run_path: Path, tokenizer, data, plan, console
     from chattune.training.interrupt import StopOnSignal
     from chattune.training.monitor import build_monitoring
     from chattune.training.resume import CheckpointState, restore_run
+    from chattune.training.spikes import LossSpikeCallback
 
     counter = TokenCounter()
     metrics = MetricsLogger(rundir.RunDir(run_path).metrics_file, counter)
@@ -280,7 +283,7 @@ def setup_session(cfg: RunConfig, run_path: Path, tokenizer, data, plan, console
         restore_run(plan, progress, metrics)  # metrics.jsonl cut back to the checkpoint, counters restored
         console.print(f"[bold]resuming[/] from {plan.checkpoint or 'step 0 (no checkpoint yet)'}")
     checkpoints = AtomicCheckpoints(rundir.RunDir(run_path).checkpoints, progress, cfg.train.keep_checkpoints)
-    return Session(counter, metrics, monitoring, progress, StopOnSignal(), checkpoints)
+    return Session(counter, metrics, monitoring, progress, StopOnSignal(), checkpoints, LossSpikeCallback(console))
 
 
 def build_trainer(cfg: RunConfig, model, args, data, tokenizer, callbacks: list, device: str, counter: TokenCounter):
@@ -332,6 +335,9 @@ def save(run_path: Path, cfg: RunConfig, trainer, model, tokenizer, stats: dict,
         summary = save_run(run_path, cfg, model, tokenizer, stats, session.metrics.records, result, seconds,
                            session.counter, precision, state_dict=state_dict)
         summary["lr"] = lr  # what train.lr (auto: by model size) resolved to
+        spikes = session.spikes.watch.summary(lr)
+        if spikes:
+            summary["loss_spikes"] = spikes
         forgetting = guard_run(cfg, model, tokenizer, console)  # base vs fine-tuned on general rows; None when off
         add_to_summary(run_path, summary, digests, best, console, forgetting)
     distributed.barrier()  # every rank returns once the run dir is complete
