@@ -190,3 +190,19 @@ def test_symlink_loop_and_unreadable_file_are_named_as_such(tmp_path, monkeypatc
     monkeypatch.setattr(Path, "open", denied)  # JSONL is read line by line from an open file
     with pytest.raises(DataError, match=r"locked.jsonl: cannot read the file \(permission denied\)"):
         read_rows(locked)
+
+
+def test_a_finding_every_row_shares_is_reported_once_with_its_count():
+    from chattune.data.lint import LintReport
+
+    report = LintReport()
+    for line in (1, 2, 3, 4, 5):
+        report.row_problem(f"data.jsonl:{line}", "end-of-turn token not trained", "template")
+    report.row_problem("data.jsonl:6", "field 'output': missing", "row")
+    with pytest.raises(DataError) as caught:
+        report.raise_if_errors()
+    text = str(caught.value)
+    assert "6 error(s)" in text
+    assert "5 rows (data.jsonl:1, data.jsonl:2, data.jsonl:3, ...): end-of-turn token not trained" in text
+    assert text.count("end-of-turn token not trained") == 1
+    assert "data.jsonl:6: field 'output': missing" in text

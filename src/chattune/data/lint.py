@@ -42,6 +42,21 @@ class Finding:
         return f"{self.where}: {self.message}"
 
 
+def grouped_by_message(findings: list[Finding]) -> list[str]:
+    """One line per distinct message: its place, or the count and the first places of the rows sharing it."""
+    places: dict[str, list[str]] = {}
+    for finding in findings:
+        places.setdefault(finding.message, []).append(finding.where)
+    lines = []
+    for message, where in places.items():
+        if len(where) == 1:
+            lines.append(f"{where[0]}: {message}")
+        else:
+            first = ", ".join(where[:3]) + (", ..." if len(where) > 3 else "")
+            lines.append(f"{len(where)} rows ({first}): {message}")
+    return lines
+
+
 @dataclass
 class LintReport:
     errors: list[Finding] = field(default_factory=list)
@@ -62,8 +77,9 @@ class LintReport:
 
     def raise_if_errors(self) -> None:
         if self.errors:
-            shown = "\n  ".join(str(e) for e in self.errors[:SHOWN_PER_KIND])
-            more = f"\n  ... and {len(self.errors) - SHOWN_PER_KIND} more" if len(self.errors) > SHOWN_PER_KIND else ""
+            groups = grouped_by_message(self.errors)  # a finding every row shares is said once, counted
+            shown = "\n  ".join(groups[:SHOWN_PER_KIND])
+            more = f"\n  ... and {len(groups) - SHOWN_PER_KIND} more" if len(groups) > SHOWN_PER_KIND else ""
             hint = ""
             if self.on_error == "raise" and any(e.kind in ROW_KINDS for e in self.errors):
                 hint = "\nFix these rows, or set data.on_error=skip to leave bad rows out (counted in data_stats.json)."
