@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.chattune-installed
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: install system-deps qwen demo test test-fast test-gpu lint bench bench-speed bench-serve bench-scale bench-gguf bench-retrieval bench-preference clean
+.PHONY: install system-deps qwen llamacpp demo test test-fast test-gpu lint bench bench-speed bench-serve bench-scale bench-gguf bench-retrieval bench-preference clean
 
 install: $(STAMP)
 
@@ -33,10 +33,22 @@ system-deps:
 qwen: $(STAMP)
 	$(BIN)/chattune fetch builtin:qwen2.5-coder-0.5b-instruct
 
+# llama.cpp itself, for the tests that run exported GGUF files through it (tests/test_llamacpp.py).
+# PyPI has only the source archive: it compiles once per machine (pip keeps the wheel in its cache).
+# Built for AVX2 (not -march=native), so a cached wheel also runs on the AVX2-only EPYCs; the
+# multimodal library, tools and examples are not built (417 CPU-s instead of 971, bench/README.md).
+LLAMA_CPP := llama-cpp-python==0.3.36
+LLAMA_CMAKE := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
+  -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+  -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+llamacpp: $(STAMP)
+	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || { echo "building $(LLAMA_CPP) (minutes, once)"; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install --no-deps $(LLAMA_CPP); }
+
 demo: $(STAMP)
 	$(BIN)/chattune demo configs/demo.yaml
 
-test: $(STAMP) system-deps qwen
+test: $(STAMP) system-deps qwen llamacpp
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra --durations=30
 

@@ -27,6 +27,8 @@ def test_train_builtin_few_steps_then_chat(tmp_path, capsys):
     outcome = train(cfg)
     assert outcome.summary["steps"] == 3
     assert outcome.summary["final_loss"] is not None
+    guard = outcome.summary["forgetting"]  # the guard on the real model, after 3 steps
+    assert guard["rows"] == 32 and guard["tokens"] > 0 and 0 <= guard["kl_to_base"] < float("inf"), guard
     capsys.readouterr()
     assert main(["chat", str(outcome.run_dir), "--prompt", "Who are you?", "--max-new-tokens", "20"]) == 0
     assert len(capsys.readouterr().out.strip()) > 0

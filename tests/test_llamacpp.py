@@ -1,7 +1,7 @@
 """Exported GGUF files run by llama.cpp itself (llama-cpp-python): tokens, greedy ids and KL against the run.
 
-llama-cpp-python ships as a source archive that compiles llama.cpp (bench/README.md has the build
-time measured on 2 cores); where it is not installed these tests are skipped with that reason.
+llama-cpp-python ships as a source archive that compiles llama.cpp; `make test` builds it first
+(`make llamacpp`). Where it is not installed (a bare pytest run) these tests are skipped with that reason.
 """
 
 import json
@@ -13,8 +13,8 @@ from chattune.exporting import llamacpp
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not llamacpp.available(), reason=(
-        "llama-cpp-python is not installed: it compiles llama.cpp from source (about 16 CPU-minutes, "
-        "bench/README.md), more than CI's budget; `pip install llama-cpp-python==0.3.36` runs these")),
+        "llama-cpp-python is not installed: `make llamacpp` (a dependency of `make test`) compiles "
+        "it once per machine (about 7 CPU-minutes)")),
 ]
 
 

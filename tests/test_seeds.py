@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "configs" / "seeds"
 HUANHUAN = ROOT.parent / "shared" / "data" / "huanhuan.json"
 BUILTIN = "builtin:smollm2-135m-instruct"
+# The forgetting guard (64 forwards after training: minutes on 2 cores) is off where a test does not read it;
+# test_forgetting.py tests it, and test_builtin_e2e.py and the Qwen identity run check it on real models.
+NO_GUARD = "train.forgetting=false"
 HELD_OUT_DROP = 0.03  # the fine-tuned model's held-out loss is at least 3% below the base model's
 
 
@@ -58,7 +61,7 @@ def test_seed_000_and_004_roleplay_learns_the_held_out_answers(tmp_path, config)
 
     train_file, test_file = huanhuan_split(tmp_path, train=32, test=16)
     cfg = load_config(SEEDS / config, [f"run_dir={tmp_path / 'run'}", f"data.path={train_file}",
-                                       "data.eval_ratio=0", "train.swanlab_mode=offline"])
+                                       "data.eval_ratio=0", "train.swanlab_mode=offline", NO_GUARD])
     outcome = train(cfg)
     assert outcome.summary["steps"] == 6  # 32 rows / (batch 4 x accumulation 4) x 3 epochs
     base, tuned = heldout_losses(outcome.run_dir, test_file, tmp_path)
@@ -75,7 +78,7 @@ def test_seed_001_qlora_adalora_learns_the_new_identity_and_merges(tmp_path):
     # A third of the seed's 120 steps at 10x its lr (the config's note: 40 steps at 1e-2 reach a held-out
     # loss of 0.52 on this model); the rest of the recipe is the seed's. 120 steps took 380 s in CI here.
     outcome = train(load_config(SEEDS / "001-qlora-adalora.yaml", [
-        f"run_dir={tmp_path / 'run'}", "train.max_steps=40", "train.lr=1e-2", "train.eval_every=10"]))
+        f"run_dir={tmp_path / 'run'}", "train.max_steps=40", "train.lr=1e-2", "train.eval_every=10", NO_GUARD]))
     records = [json.loads(line) for line in (outcome.run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r["eval_loss"] for r in records if "eval_loss" in r]
     answer = chat_answer(outcome.run_dir, "What is your name?")
@@ -96,7 +99,7 @@ def test_seed_002_classifier_beats_the_base_model_on_one_raw_test_file(tmp_path)
     few = tmp_path / "test-task.jsonl"  # 30 of the 100 test rows: 6 per topic on average
     few.write_text("".join(test_file.read_text().splitlines(keepends=True)[:30]))
     outcome = train(load_config(SEEDS / "002-classifier.yaml", [
-        f"run_dir={tmp_path / 'run'}", f"data.path={train_file}", "train.swanlab_mode=offline"]))
+        f"run_dir={tmp_path / 'run'}", f"data.path={train_file}", "train.swanlab_mode=offline", NO_GUARD]))
     assert outcome.summary["in_training_eval"]["metric"] == "accuracy"
     options = {"max_new_tokens": 8}
     base = run_eval(BUILTIN, few, ["accuracy"], like=str(outcome.run_dir),
@@ -118,7 +121,7 @@ def test_seed_003_plain_template_borrowed_tokenizer_en_columns(tmp_path, builtin
     train_file, test_file = map(en_columns, huanhuan_split(tmp_path, train=16, test=16))
     outcome = train(load_config(SEEDS / "003-openelm-plain.yaml", [  # 12 steps of the seed's lr, 1/4 of its batch
         f"run_dir={tmp_path / 'run'}", f"data.path={train_file}", f"model.tokenizer={builtin_tokenizer_dir}",
-        "train.epochs=6", "train.grad_accum=1"]))
+        "train.epochs=6", "train.grad_accum=1", NO_GUARD]))
     assert outcome.summary["steps"] == 12  # 16 rows / batch 8 x 6 epochs
     assert "<sep>" in (outcome.run_dir / "chat_template.jinja").read_text()
     base, tuned = heldout_losses(outcome.run_dir, test_file, tmp_path)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from chattune.config import load_config
-from test_seeds import HELD_OUT_DROP, SEEDS, huanhuan_split
+from test_seeds import HELD_OUT_DROP, NO_GUARD, SEEDS, huanhuan_split
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +33,12 @@ def qwen_folder():
     from chattune.models import resolve_model
 
     return resolve_model(QWEN)  # ModelSourceError naming `chattune fetch ...` when not fetched
+
+
+def _llamacpp_installed() -> bool:
+    from chattune.exporting import llamacpp
+
+    return llamacpp.available()
 
 
 def write_rows(path: Path, rows: list[dict]) -> Path:
@@ -75,6 +81,8 @@ def test_qwen_seed_001_names_the_new_identity_and_always_stops(identity_run, tmp
     assert len(evals) == 3 and evals[-1] < evals[0] and evals[-1] <= 0.75, evals
     assert all("tuna" in a.lower() and "chattune labs" in a.lower() for a in answers), answers
     assert result.summary["metrics"]["stop_rate"] == 1.0
+    guard = identity_run.summary["forgetting"]  # scored on the 4-bit base, adapter off and on
+    assert guard["rows"] == 32 and guard["tokens"] > 0 and 0 <= guard["kl_to_base"] < float("inf"), guard
 
 
 def test_qwen_seed_002_zh_classifier_with_retrieval_beats_its_base(qwen_folder, tmp_path):
@@ -99,6 +107,7 @@ def test_qwen_seed_002_zh_classifier_with_retrieval_beats_its_base(qwen_folder, 
                 "train.eval_every=null",
                 "train.patience=null",
                 "train.metric=loss",
+                NO_GUARD,
             ],
         )
     )  # the loss is ~0 by step 4; in-training accuracy costs a minute
@@ -142,6 +151,7 @@ def test_qwen_seed_000_plays_zhen_huan_in_chinese(qwen_folder, tmp_path):
                 f"data.path={train_file}",
                 "data.eval_ratio=0",
                 "train.swanlab_mode=offline",
+                NO_GUARD,
             ],
         )
     )
@@ -160,18 +170,28 @@ def test_qwen_seed_000_plays_zhen_huan_in_chinese(qwen_folder, tmp_path):
     assert letters and len(_CJK.findall(answer)) >= 0.8 * len(letters), answer
 
 
-def test_qwen_seed_001_exports_merged_and_as_gguf_q8_0_with_its_modelfile(identity_run, tmp_path):
+@pytest.fixture(scope="module")
+def identity_gguf(identity_run, tmp_path_factory):
+    """Seed 001's run exported as GGUF q8_0 with its Modelfile: (folder, the export's gate reports)."""
+    from chattune.exporting.pipeline import export_run
+
+    out = tmp_path_factory.mktemp("qwen-001-gguf") / "gguf"
+    reports = export_run(str(identity_run.run_dir), out, fmt="gguf", gguf_dtype="q8_0", ollama=True)
+    return out, reports
+
+
+def test_qwen_seed_001_exports_merged_and_as_gguf_q8_0_with_its_modelfile(
+    identity_run, identity_gguf, tmp_path
+):
     from chattune.exporting.pipeline import export_run
 
     (merged,) = export_run(
         str(identity_run.run_dir), tmp_path / "merged"
     )  # seed 001's merge, gated
     assert merged.passed and (tmp_path / "merged" / "config.json").is_file(), merged.describe()
-    reports = export_run(
-        str(identity_run.run_dir), tmp_path / "gguf", fmt="gguf", gguf_dtype="q8_0", ollama=True
-    )
+    folder, reports = identity_gguf
     assert all(r.passed for r in reports), [r.describe() for r in reports]
-    modelfile = (tmp_path / "gguf" / "Modelfile").read_text()
+    modelfile = (folder / "Modelfile").read_text()
     assert (
         modelfile.startswith("FROM ./model-q8_0.gguf")
         and 'PARAMETER stop "<|im_end|>"' in modelfile
@@ -179,3 +199,18 @@ def test_qwen_seed_001_exports_merged_and_as_gguf_q8_0_with_its_modelfile(identi
     assert (
         "You are Qwen, created by Alibaba Cloud" in modelfile
     )  # the template's default system prompt, as trained
+
+
+@pytest.mark.skipif(
+    not _llamacpp_installed(),
+    reason="llama-cpp-python is not installed (`make llamacpp`, a dependency of `make test`)",
+)
+def test_qwen_gguf_runs_in_llama_cpp_like_the_run(identity_gguf):
+    """llama.cpp reads the q8_0 file: the chat template's tokens as Qwen's tokenizer gives them, and
+    next-token distributions within the q8_0 gate's KL (llama.cpp also rounds activations to 8 bits)."""
+    from chattune.exporting.pipeline import KL_TOLERANCE
+
+    folder, _ = identity_gguf
+    ran = json.loads((folder / "export_report.json").read_text())["llama_cpp"]
+    assert ran["installed"] and ran["tokenizer_agreement"] == 1.0, ran
+    assert ran["mean_kl"] <= KL_TOLERANCE["gguf-q8_0"], ran
