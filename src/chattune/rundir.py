@@ -307,16 +307,21 @@ def join_for_inference(path: str | Path, model, adapter_name: str, base: str | N
 
 def attach_adapter(base, adapter_path: Path, adapter_name: str = "default", trainable: bool = False):
     """A run's adapter attached to `base` with peft, after its checksums and tensor shapes are checked
-    (`trainable`: to train it further, model.adapter)."""
+    (`trainable`: to train it further, model.adapter); a base whose vocabulary the run grew
+    (markers a template added, model/vocab.py) is grown to the trained size first."""
     from peft import PeftModel
 
     from chattune.adapter_base import check_adapter_shapes
     from chattune.model.adapters import quiet_adalora_rank_pattern
+    from chattune.model.vocab import fit_for_adapter, save_without_embeddings
 
     check_adapter_intact(adapter_path)
+    fit_for_adapter(base, adapter_path)
     check_adapter_shapes(adapter_path, base)
     with quiet_adalora_rank_pattern():
-        return PeftModel.from_pretrained(base, str(adapter_path), adapter_name=adapter_name, is_trainable=trainable)
+        model = PeftModel.from_pretrained(base, str(adapter_path), adapter_name=adapter_name,
+                                          is_trainable=trainable)
+    return save_without_embeddings(model)
 
 
 def check_adapter_intact(adapter_path: Path) -> None:

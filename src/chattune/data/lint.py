@@ -1,5 +1,6 @@
 """Check a configured dataset, encoded once, against its tokenizer and template before any model loads.
 
+A note, once, when data.template adds its markers to the vocabulary (named_templates.py).
 Hard errors (file:line:field): bad rows (empty answer, roles not alternating, unknown
 role, missing fields, undecodable lines), template missing or unusable, no trainable token,
 a trained turn whose end-of-turn token is not trained. With data.on_error=skip, row-level
@@ -64,6 +65,7 @@ class LintReport:
     skipped: list[Finding] = field(default_factory=list)  # bad rows left out (data.on_error=skip)
     template: str = ""
     on_error: str = "raise"
+    added_tokens: list[str] = field(default_factory=list)  # markers data.template adds to the vocab
 
     def error(self, where: str, message: str, kind: str) -> None:
         self.errors.append(Finding(where, message, kind))
@@ -86,8 +88,9 @@ class LintReport:
             raise DataError("data", f"{len(self.errors)} error(s); fix them before training:\n  {shown}{more}{hint}")
 
     def summary_lines(self) -> list[str]:
-        """Warnings and skipped rows counted per kind, each with its first example (rich markup)."""
-        lines = []
+        """Markers the template adds (once), then warnings and skipped rows counted per kind,
+        each with its first example (rich markup)."""
+        lines = [added_tokens_note(self.added_tokens)] if self.added_tokens else []
         for label, findings in (("warning", self.warnings), ("skipped", self.skipped)):
             by_kind: dict[str, list[Finding]] = {}
             for finding in findings:
@@ -96,6 +99,13 @@ class LintReport:
                 what = "row(s) skipped (data.on_error=skip)" if label == "skipped" else "example(s)"
                 lines.append(f"[yellow]{label}[/] {kind}: {len(items)} {what}, e.g. {escape(str(items[0]))}")
         return lines
+
+
+def added_tokens_note(tokens: list[str]) -> str:
+    """The one line saying that data.template's markers are missing from the vocabulary."""
+    return (f"[cyan]note[/] data.template: {escape(', '.join(tokens))} not in the tokenizer's "
+            "vocabulary: added as special tokens; the model's embedding gets a row for each, "
+            "trained and saved with the adapter (model/vocab.py)")
 
 
 @dataclass
@@ -112,7 +122,9 @@ class CheckedData:
 def template_step(report: LintReport, tokenizer, spec: str) -> TemplateChoice | None:
     """choose_template, recording an unusable data.template as an error (None then)."""
     try:
-        return choose_template(tokenizer, spec)
+        choice = choose_template(tokenizer, spec)
+        report.added_tokens = list(choice.added_tokens)
+        return choice
     except TemplateError as err:
         report.error("data.template", str(err).removeprefix("data.template: "), "template missing")
         return None
@@ -124,7 +136,7 @@ def lint_data(data_cfg: DataConfig, tokenizer, seed: int) -> CheckedData:
     choice = template_step(report, tokenizer, data_cfg.template)
     if choice is None:
         return CheckedData(report, [], [])
-    apply_template(tokenizer, choice)
+    choice = apply_template(tokenizer, choice)
     report.template = choice.description
     return check_data(data_cfg, tokenizer, seed, report, set(choice.stop_ids))
 

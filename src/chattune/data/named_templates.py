@@ -8,7 +8,7 @@ templates render (tests compare ids). It does not tokenize or read data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from chattune.data.templates import TemplateError
@@ -19,6 +19,7 @@ class NamedTemplate:
     jinja: str
     end_of_turn: str | None  # text that ends an assistant turn (None: the tokenizer's EOS)
     note: str
+    markers: tuple[str, ...] = ()  # control tokens added (special) when the vocabulary lacks them
 
 
 _CHATML = (
@@ -85,7 +86,8 @@ _ALPACA = (
 )
 
 NAMED_TEMPLATES: dict[str, NamedTemplate] = {
-    "chatml": NamedTemplate(_CHATML, "<|im_end|>", "Qwen1.5 / Qwen2 chat"),
+    "chatml": NamedTemplate(_CHATML, "<|im_end|>", "Qwen1.5 / Qwen2 chat",
+                            ("<|im_start|>", "<|im_end|>")),
     "llama2": NamedTemplate(_LLAMA2, None, "Llama-2-chat [INST] blocks"),
     "llama3": NamedTemplate(_LLAMA3, "<|eot_id|>", "Llama-3 Instruct headers"),
     "baichuan2": NamedTemplate(_BAICHUAN2, None, "Baichuan2-Chat reserved role tokens"),
@@ -102,6 +104,7 @@ class TemplateChoice:
     eos_token: str | None  # a new EOS (a named template's one-token end of turn), or None to keep the tokenizer's
     stop_ids: frozenset[int]  # the ids that end an assistant turn once the template is applied
     description: str
+    added_tokens: tuple[str, ...] = ()  # markers to add as special tokens (model/vocab.py: rows)
 
 
 def choose_template(tokenizer, spec: str = "auto") -> TemplateChoice:
@@ -109,7 +112,9 @@ def choose_template(tokenizer, spec: str = "auto") -> TemplateChoice:
 
     "auto" keeps the tokenizer's own (an error if it has none). A named template whose
     end-of-turn text is one token of this tokenizer makes that token the EOS, as the
-    models it mirrors do, so training and generation stop on it.
+    models it mirrors do, so training and generation stop on it. A template with markers
+    (chatml) on a vocabulary without them adds them as special tokens, as TRL's
+    setup_chat_format does: apply_template adds them, model/vocab.py grows and trains their rows.
     """
     keep = frozenset() if tokenizer.eos_token_id is None else frozenset({tokenizer.eos_token_id})
     if spec == "auto":
@@ -121,6 +126,8 @@ def choose_template(tokenizer, spec: str = "auto") -> TemplateChoice:
         return TemplateChoice(tokenizer.chat_template, None, keep, "the tokenizer's own chat template")
     if spec in NAMED_TEMPLATES:
         named = NAMED_TEMPLATES[spec]
+        if missing := tuple(m for m in named.markers if _single_token_id(tokenizer, m) is None):
+            return _with_markers(tokenizer, spec, named, missing)
         end_id = _single_token_id(tokenizer, named.end_of_turn) if named.end_of_turn else None
         eos, stops = (named.end_of_turn, frozenset({end_id})) if end_id is not None else (None, keep)
         return TemplateChoice(named.jinja, eos, stops, f"named template {spec!r} ({named.note})")
@@ -133,11 +140,42 @@ def choose_template(tokenizer, spec: str = "auto") -> TemplateChoice:
     return TemplateChoice(path.read_text(encoding="utf-8"), None, keep, f"jinja file {path}")
 
 
-def apply_template(tokenizer, choice: TemplateChoice) -> None:
-    """Set the chosen chat template (and EOS, when the choice changes it) on `tokenizer`."""
+def _with_markers(tokenizer, spec: str, named: NamedTemplate, missing: tuple[str, ...]):
+    """The choice for a vocabulary lacking the template's markers: they get the next free ids."""
+    ids = {marker: len(tokenizer) + k for k, marker in enumerate(missing)}
+    end = named.end_of_turn or ""
+    stop = ids.get(end, _single_token_id(tokenizer, end))
+    return TemplateChoice(named.jinja, end, frozenset({stop}),
+                          f"named template {spec!r} ({named.note}); {', '.join(missing)} added "
+                          "as special tokens (not in the vocabulary), their embedding rows trained",
+                          missing)
+
+
+def apply_template(tokenizer, choice: TemplateChoice) -> TemplateChoice:
+    """Set the chosen chat template (and EOS, when the choice changes it) on `tokenizer`; return the
+    choice with the stop ids the tokenizer now has (its added markers' real ids).
+
+    Markers are added as special tokens (never split, CONTROL in a GGUF) and recorded on the
+    tokenizer for model/vocab.py. The pad token is kept: it was set before (model/load.py) and
+    is never a label, while a pad equal to the new EOS would hide the trained stop token.
+    """
     tokenizer.chat_template = choice.jinja
+    if choice.added_tokens:
+        from tokenizers import AddedToken
+
+        markers = [AddedToken(m, special=True, normalized=False) for m in choice.added_tokens]
+        tokenizer.add_tokens(markers, special_tokens=True)
+        tokenizer.chattune_added_tokens = list(choice.added_tokens)
     if choice.eos_token is not None:
         tokenizer.eos_token = choice.eos_token
+    if choice.added_tokens:
+        choice = replace(choice, stop_ids=frozenset({tokenizer.eos_token_id}))
+    return choice
+
+
+def added_token_ids(tokenizer) -> list[int]:
+    """Ids of the markers apply_template added to this tokenizer ([] when it added none)."""
+    return tokenizer.convert_tokens_to_ids(list(getattr(tokenizer, "chattune_added_tokens", [])))
 
 
 def use_template(tokenizer, spec: str = "auto") -> str:

@@ -41,7 +41,7 @@ def prepare_preferences(cfg, tokenizer) -> PreparedPreferences:
     """Template, read, split, encode and count the preference data of `cfg` (a RunConfig) for `cfg.train.stage`."""
     data_cfg, stage = cfg.data, cfg.train.stage
     choice = choose_template(tokenizer, data_cfg.template)
-    apply_template(tokenizer, choice)
+    choice = apply_template(tokenizer, choice)
     stops = set(choice.stop_ids)
     errors: list[DataError] = []
     train_rows = load_preference_rows(data_cfg, data_cfg.path, stage, errors, cfg.seed)

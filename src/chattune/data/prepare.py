@@ -64,7 +64,7 @@ def prepare(data_cfg: DataConfig, tokenizer, seed: int, *, cache_mode: bool | No
     choice = template_step(report, tokenizer, data_cfg.template)  # step 1: choose
     if choice is None:
         return Prepared(Examples(), Examples(), {}, report)
-    apply_template(tokenizer, choice)  # step 2: set it on the tokenizer, here and nowhere else
+    choice = apply_template(tokenizer, choice)  # step 2: set it on the tokenizer, here only
     report.template = choice.description
     found = cache.cache_key(data_cfg, tokenizer, seed, choice.stop_ids) if cache_mode is not False else None
     key = found[0] if found and (cache_mode or found[1] >= cache.MIN_BYTES) else None
@@ -110,6 +110,7 @@ def summarize(checked: CheckedData, data_cfg: DataConfig) -> dict:
             meta["stats"][split] = stats.to_dict()
     add_skipped(meta["stats"], report, data_cfg)
     meta["report"] = {"template": report.template, "on_error": report.on_error,
+                      "added_tokens": report.added_tokens,
                       **{kind: [[f.where, f.message, f.kind] for f in getattr(report, kind)]
                          for kind in ("errors", "warnings", "skipped")}}
     meta["eval_conversations"] = [{"messages": c.messages, "source": c.source, "meta": c.meta} for c in checked.eval]
@@ -143,6 +144,7 @@ def from_entry(meta: dict, table, key: str = "", from_cache: bool = False) -> Pr
     """A Prepared from summarize()'s meta and the encoded table (fresh, or a cache entry's)."""
     saved = meta["report"]
     report = LintReport(template=saved["template"], on_error=saved["on_error"],
+                        added_tokens=saved.get("added_tokens", []),
                         **{kind: [Finding(*f) for f in saved[kind]] for kind in ("errors", "warnings", "skipped")})
     rows = meta["rows"]
     return Prepared(

@@ -91,8 +91,10 @@ def rewrites_base(lora_cfg: config.LoraConfig) -> bool:
     return lora_cfg.init.startswith("pissa") or lora_cfg.init == "olora"
 
 
-def peft_config(lora_cfg: config.LoraConfig, targets: list[str], total_steps: int | None = None):
-    """peft's config for lora.method / lora.init; AdaLoRA needs the run's optimizer steps."""
+def peft_config(lora_cfg: config.LoraConfig, targets: list[str], total_steps: int | None = None,
+                token_rows: dict[str, list[int]] | None = None):
+    """peft's config for lora.method / lora.init; AdaLoRA needs the run's optimizer steps.
+    `token_rows`: embedding rows trained whole (model/vocab.py: markers a template added)."""
     from peft import AdaLoraConfig, LoraConfig, TaskType
 
     common = {
@@ -100,6 +102,7 @@ def peft_config(lora_cfg: config.LoraConfig, targets: list[str], total_steps: in
         "lora_alpha": lora_cfg.alpha,
         "lora_dropout": lora_cfg.dropout,
         "target_modules": targets,
+        **({"trainable_token_indices": token_rows} if token_rows else {}),
     }
     if lora_cfg.method == "adalora":
         return AdaLoraConfig(
@@ -113,12 +116,17 @@ def peft_config(lora_cfg: config.LoraConfig, targets: list[str], total_steps: in
 
 
 def attach_lora(model, lora_cfg: config.LoraConfig, total_steps: int | None = None,
-                init_dir: Path | None = None):
-    """The PeftModel to train; with PiSSA/OLoRA the initial adapter is saved to `init_dir`."""
+                init_dir: Path | None = None, new_token_ids: list[int] | None = None):
+    """The PeftModel to train; with PiSSA/OLoRA the initial adapter is saved to `init_dir`.
+    `new_token_ids`: tokens a template added, their rows trained as TrainableTokens (vocab.py)."""
     from peft import get_peft_model
 
+    from chattune.model.vocab import save_without_embeddings, token_targets
+
     targets = resolve_targets(model, lora_cfg.targets)
-    model = get_peft_model(model, peft_config(lora_cfg, targets, total_steps))
+    rows = token_targets(model, list(new_token_ids or []))
+    model = get_peft_model(model, peft_config(lora_cfg, targets, total_steps, rows))
+    save_without_embeddings(model)
     if rewrites_base(lora_cfg) and init_dir is not None:
         save_initial_adapter(model, Path(init_dir))
     return model
@@ -136,8 +144,12 @@ def save_initial_adapter(model, init_dir: Path) -> None:
 
 def adapter_writer(model):
     """`write(folder)` saving the adapter for the run dir: a plain LoRA adapter on the original base."""
+    from chattune.model.vocab import saves_token_rows
+
     init_dir = getattr(model, "chattune_init_adapter", None)
     conversion = {"path_initial_model_for_weight_conversion": init_dir} if init_dir is not None else {}
+    if saves_token_rows(model):  # new rows are saved as TrainableTokens, not as embedding copies
+        conversion["save_embedding_layers"] = False
 
     def write(folder, **kwargs):
         with warnings.catch_warnings(), quiet_pruned_ranks(model):

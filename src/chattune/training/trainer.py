@@ -30,7 +30,8 @@ from chattune.model.load import (
     slow_precision_warning,
 )
 from chattune.model.quant import compute_dtype, prepare_for_training
-from chattune.training import distributed, methods, preference
+from chattune.model.vocab import grow_for_tokenizer
+from chattune.training import distributed, memory, methods, preference
 from chattune.training.defaults import learning_rate
 from chattune.training.forgetting import guard_run
 from chattune.training.speed import (
@@ -169,8 +170,6 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
     """The recipe, once the run dir exists: setup_data -> setup_model -> build_trainer -> fit -> save."""
     from transformers import set_seed
 
-    from chattune.training import memory
-
     set_seed(cfg.seed)
     memory.release_freed_tensors(memory.threshold_for(cfg.train.mmap_threshold_kb, cfg.model.quantize != "none"))
     if device == "cpu":
@@ -179,7 +178,8 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
     precision, lr = setup_optimization(cfg, device, console)
     args = build_training_args(cfg, run_path, precision, device, bool(data.eval), lr)  # before the model: ZeRO-3
     adalora_steps = methods.preflight(cfg, device, len(data.train), console)  # optimizer, targets, AdaLoRA schedule
-    model, trainable = setup_model(cfg, run_path, precision, device, adalora_steps, console)
+    model, trainable = setup_model(cfg, run_path, precision, device, adalora_steps, console,
+                                   tokenizer)
     checkpoints = cfg.train.keep_checkpoints + 1 if cfg.train.save_every else 1  # +1 while rotating; 1: on Ctrl-C
     rundir.check_free_space(run_path, rundir.estimated_size(trainable, checkpoints))  # now, not at the first save
     session = setup_session(cfg, run_path, tokenizer, data, plan, console)
@@ -213,20 +213,20 @@ def setup_optimization(cfg: RunConfig, device: str, console: Console) -> tuple[s
     return precision, lr
 
 
-def setup_model(cfg: RunConfig, run_path: Path, precision: str, device: str, adalora_steps, console: Console):
+def setup_model(cfg: RunConfig, run_path: Path, precision: str, device: str, adalora_steps,
+                console: Console, tokenizer=None):
     """The base in its training dtype (or 4/8-bit) with the run's adapter attached; (model, trainable count)."""
     base = load_base_model(cfg.model, dtype=base_weight_dtype(cfg.train, precision), device=device,
                            compute_dtype=compute_dtype(precision))
+    new_ids = grow_for_tokenizer(base, tokenizer, console)  # rows for markers data.template added
     base = prepare_for_training(base, cfg.train.gradient_checkpointing, precision)  # model.quantize: k-bit prep
     if cfg.model.quantize != "none":
-        from chattune.training.memory import trim_heap
-
-        trim_heap()  # the buffers the shards were read into
+        memory.trim_heap()  # the buffers the shards were read into
     init_dir = run_path / rundir.INIT_ADAPTER if distributed.is_main() else None  # PiSSA/OLoRA: converts saved adapters
     if cfg.model.adapter:  # e.g. DPO after SFT: that run's adapter, trained further
         model = methods.start_from_adapter(base, cfg)
     else:
-        model = attach_lora(base, cfg.lora, total_steps=adalora_steps, init_dir=init_dir)
+        model = attach_lora(base, cfg.lora, adalora_steps, init_dir, new_ids)
     trainable, total = model.get_nb_trainable_parameters()  # peft's count: 4-bit weights at their real size
     console.print(
         f"[bold]{cfg.lora.method}[/] r={cfg.lora.r} on {sorted(model.peft_config['default'].target_modules)}: "
