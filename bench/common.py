@@ -15,7 +15,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("CHATTUNE_BENCH_DATA", REPO.parent / "shared" / "data" / "huanhuan.json"))
 SYSTEM = "现在你要扮演皇帝身边的女人--甄嬛"  # seed 000's system prompt
-MODEL = "builtin:smollm2-135m-instruct"
+# the base every contender trains: `python -m bench quality --model ...` sets it for its child processes
+MODEL = os.environ.get("CHATTUNE_BENCH_MODEL", "builtin:smollm2-135m-instruct")
 LORA_R, LORA_ALPHA, LORA_DROPOUT = 8, 32, 0.1  # seed 000's LoraConfig
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # seed 000's list
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from bench.common import REPO
+from bench.common import MODEL, REPO
 
 RESULTS = REPO / "bench" / "results"
 TARGET_RULE = "mean final held-out loss of the recipe's seeds at the end of its training-time budget"
@@ -175,6 +176,7 @@ def parse_args(argv):
                         "(then the recipe is run only when named in --only)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="chattune config override (lever and default-choice runs)")
+    parser.add_argument("--model", default=MODEL, help=f"the base every contender trains (default {MODEL})")
     return parser.parse_args(argv)
 
 
@@ -191,6 +193,7 @@ def main(argv=None) -> int:
     from bench.__main__ import machine
 
     args = parse_args(argv)
+    os.environ["CHATTUNE_BENCH_MODEL"] = args.model  # read by bench.common in every child process
     started, box = time.perf_counter(), machine()
     runs = []
     with tempfile.TemporaryDirectory(prefix="chattune-quality-") as tmp:
@@ -204,9 +207,10 @@ def main(argv=None) -> int:
               "base_loss": runs[0]["points"][0]["heldout_loss"], "contenders": contenders,
               "verdicts": verdicts(contenders), "total_seconds": round(time.perf_counter() - started, 1)}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / (datetime.now().strftime("%Y-%m-%d-%H%M") + "-quality")
+    tag = "" if args.model == MODEL else "-" + args.model.split(":")[-1].rstrip("/").split("/")[-1]
+    stem = RESULTS / (datetime.now().strftime("%Y-%m-%d-%H%M") + "-quality" + tag)
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    chart(contenders, target, stem.with_suffix(".png"), f"time to quality: {box['cpu']} ({box['cpu_generation']}), {box['cores']} cores, "
+    chart(contenders, target, stem.with_suffix(".png"), f"{args.model}: {box['cpu']} ({box['cpu_generation']}), {box['cores']} cores, "
           f"fast bf16 {box['fast_bf16']}, torch {box['torch']}")
     print(f"machine: {json.dumps(box)}")
     print(table(contenders, target, report["target_rule"]))
