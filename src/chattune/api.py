@@ -3,7 +3,9 @@
 Each function takes what the CLI takes (a config file or mapping, the same dotted override keys,
 paths) plus what only a Python caller has: rows in memory (a list of dicts, a pandas DataFrame, a
 datasets.Dataset) and a `Run` object. The CLI's subcommands call these functions; this module
-holds no training, data or inference logic of its own, only the translation.
+holds no training, data or inference logic of its own, only the translation. Bad input that is
+not chattune's own error (a path that is not a folder, no permission, a full or read-only disk,
+a library's value range) comes out of every function as one located line: errors.InputError.
 
     import chattune
     run = chattune.train("configs/demo.yaml", data=rows, **{"train.epochs": 2})
@@ -17,6 +19,8 @@ import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from chattune.errors import located
 
 if TYPE_CHECKING:
     from chattune.config import RunConfig
@@ -81,6 +85,7 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+@located
 def resolve_config(config: str | Path | dict | RunConfig | None = None, overrides: dict | list[str] | None = None,
                    data: Any = None, eval_data: Any = None, **keyword_overrides: Any) -> RunConfig:
     """A validated RunConfig from a YAML path, a mapping or a RunConfig, then the overrides.
@@ -145,26 +150,37 @@ def next_free_run_dir(cfg: RunConfig) -> RunConfig:
     return cfg.model_copy(update={"run_dir": str(candidate)})
 
 
+@located
 def train(config: str | Path | dict | RunConfig | None = None, *, data: Any = None, eval_data: Any = None,
           overrides: dict | list[str] | None = None, resume: str | Path | None = None, console=None,
-          callbacks: tuple = (), if_exists: str = "next", **keyword_overrides: Any) -> Run:
+          callbacks: tuple = (), if_exists: str = "next", allow_data_change: bool = False,
+          **keyword_overrides: Any) -> Run:
     """Fine-tune per `config` + overrides (see resolve_config); returns the run dir written.
 
     `resume`: "auto" or a run dir / checkpoint to continue (then the run dir is the one resumed).
     Without it, a run dir that already holds a run is never reused: `if_exists="next"` (a notebook's
     default) takes the next free name, "error" (the CLI's) refuses with FileExistsError.
+    `allow_data_change`: with `resume`, continue on training data that changed since the checkpoint
+    (refused otherwise); the change is recorded in the checkpoints and summary.json.
     """
     from chattune.training.trainer import train as train_run
 
     if if_exists not in ("next", "error"):
         raise ValueError(f"if_exists: 'next' or 'error', got {if_exists!r}")
+    if allow_data_change and resume is None:
+        from chattune.config import ConfigError
+
+        raise ConfigError("--allow-data-change continues a run on changed data: "
+                          "give it with --resume")
     cfg = resolve_config(config, overrides, data, eval_data, **keyword_overrides)
     if resume is None and if_exists == "next":
         cfg = next_free_run_dir(cfg)
-    outcome = train_run(cfg, console, resume=str(resume) if resume is not None else None, callbacks=callbacks)
+    outcome = train_run(cfg, console, resume=str(resume) if resume is not None else None,
+                        callbacks=callbacks, allow_data_change=allow_data_change)
     return Run(Path(outcome.run_dir))
 
 
+@located
 def load(target: str | Path | Run, device: str = "auto", dtype: str = "auto") -> ChatModel:
     """A run dir (base + adapter), a merged export, or a base model (built-in, local, hub id) to chat with.
 
@@ -179,6 +195,7 @@ def load(target: str | Path | Run, device: str = "auto", dtype: str = "auto") ->
     return model
 
 
+@located
 def evaluate(target: str | Path | Run, data: Any, metrics: list[str] | str = "loss", *,
              labels: list[str] | None = None, max_new_tokens: int = 64, batch_size: int = 8,
              device: str = "auto", dtype: str = "auto", out: str | Path | None = None,
@@ -207,6 +224,7 @@ def evaluate(target: str | Path | Run, data: Any, metrics: list[str] | str = "lo
                     like=str(like) if like is not None else None, dtype=dtype, retrieval=retrieval)
 
 
+@located
 def retrieval_ablation(run: str | Path | Run, data: Any, metrics: list[str] | str = "accuracy", *,
                        device: str = "auto", console=None, **options) -> dict:
     """`chattune eval RUN --retrieval-ablation`: base zero-shot, base + retrieval, fine-tuned and
@@ -232,6 +250,7 @@ def _metric_names(metrics: list[str] | str, labels) -> list[str]:
     return names
 
 
+@located
 def export(run: str | Path | Run, out: str | Path, format: str = "hf", *, dtype: str | None = None,
            gguf_dtype: str = "auto", tolerance: float | None = None, force: bool = False, ollama: bool = False,
            console=None) -> Path:
@@ -244,6 +263,7 @@ def export(run: str | Path | Run, out: str | Path, format: str = "hf", *, dtype:
     return Path(out)
 
 
+@located
 def inspect_data(config: str | Path | dict | RunConfig | None = None, *, data: Any = None,
                  overrides: dict | list[str] | None = None, examples: int = 3, console=None,
                  **keyword_overrides: Any) -> Prepared:
@@ -258,6 +278,7 @@ def inspect_data(config: str | Path | dict | RunConfig | None = None, *, data: A
     return print_inspection(cfg, load_tokenizer(cfg.model), examples, console or Console())
 
 
+@located
 def inspection(config: str | Path | dict | RunConfig | None = None, *, data: Any = None,
                overrides: dict | list[str] | None = None, examples: int = 3, **keyword_overrides: Any) -> dict:
     """What `inspect_data` prints, as JSON-ready data: template, sources, length histogram, stats,

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="auto|PATH",
                        help="continue a run from its newest complete checkpoint: 'auto' (the run dir given by "
                        "run_dir=...; starts it when it has none yet) or a checkpoint / run dir path")
+    train.add_argument("--allow-data-change", action="store_true",
+                       help="with --resume: continue even though the training data changed "
+                       "since the checkpoint (refused otherwise); recorded in summary.json")
 
     chat = sub.add_parser(
         "chat", help="chat with a run dir or a base model",

@@ -9,16 +9,9 @@ from rich.console import Console
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from chattune.config import ConfigError
-    from chattune.data.formats import DataError
-    from chattune.data.templates import TemplateError
-    from chattune.io import DiskFull
-    from chattune.models import ModelSourceError
-    from chattune.rundir import RunDirError
-    from chattune.training.callbacks import TrainingDiverged
+    from chattune.errors import user_errors
 
-    return (ConfigError, DataError, TemplateError, ModelSourceError, RunDirError, DiskFull, FileExistsError,
-            TrainingDiverged)
+    return user_errors()
 
 
 def run_command(args: Namespace) -> int:
@@ -26,16 +19,23 @@ def run_command(args: Namespace) -> int:
 
     # peft asks transformers for a renamed attribute on every load; not actionable for users.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+    from chattune.cli_flags import check_flags
+    from chattune.errors import CAUGHT, one_line
+
     handler = HANDLERS[args.command]
     try:
+        check_flags(args)  # a flag's range: before any work
         return handler(args) or 0
-    except _user_errors() as err:
+    except CAUGHT as err:  # the error boundary (errors.py): bad input is one line
+        if (message := one_line(err)) is None:
+            raise
         from chattune.training.distributed import is_main
 
         if is_main():  # under torchrun every rank fails alike; say it once
             from rich.markup import escape  # "[question, answer]" in a message is text, not markup
 
-            Console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+            Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False,
+                                       soft_wrap=True)
         return 2
 
 
@@ -50,7 +50,7 @@ def cmd_config(args: Namespace) -> int:
 
         print(config_markdown(), end="")
         return 0
-    print(load_config(args.config, args.overrides).to_yaml(), end="")
+    print(load_config(*_config_and_overrides(args)).to_yaml(), end="")
     return 0
 
 
@@ -83,7 +83,8 @@ def cmd_train(args: Namespace) -> int:
     from chattune.training.interrupt import TrainingInterrupted
 
     try:
-        train(cfg, resume=getattr(args, "resume", None), if_exists="error")
+        train(cfg, resume=getattr(args, "resume", None), if_exists="error",
+              allow_data_change=getattr(args, "allow_data_change", False))
     except TrainingInterrupted as stop:
         return _report_interrupted(stop, getattr(args, "argv", None) or ["train", *filter(None, [args.config]), *args.overrides])
     return 0

@@ -46,7 +46,9 @@ class RunConfig(Section):
     name: str = Field("run", description="run name: the run dir's folder prefix (letters, digits, '.', '_', '-')")
     output_dir: str = Field("runs", description="parent folder of run dirs")
     run_dir: str | None = Field(None, description="exact run dir (default OUTPUT_DIR/NAME-TIMESTAMP)")
-    seed: int = Field(42, description="seeds data order, the eval split and the adapter's init")
+    seed: int = Field(42, ge=0, le=2**32 - 1,
+                      description="seeds data order, the eval split and the adapter's init "
+                      "(0 to 2**32 - 1)")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     lora: LoraConfig = LoraConfig()
@@ -181,7 +183,8 @@ def _explain(err: ValidationError, source: str) -> str:
             lines.append(f"  - {key + ': ' if key else ''}{problem['msg'].removeprefix('Value error, ')}")
         else:
             got = problem.get("input")
-            lines.append(f"  - '{key}': {problem['msg']} (got {got!r}){_allowed(loc)}")
+            message = problem["msg"].removeprefix("Value error, ")
+            lines.append(f"  - '{key}': {message} (got {got!r}){_allowed(loc)}")
     return "\n".join(lines)
 
 

@@ -17,10 +17,20 @@ BUILTIN_MODEL = "builtin:smollm2-135m-instruct"
 BUILTIN_DATA = "builtin:self-cognition"
 
 
+INT_LIMIT = 2**63 - 1  # a larger whole number overflows torch and numpy (an int64) wherever it goes
+
+
 class Section(BaseModel):
-    """A config section: unknown keys, wrong types and inf/nan values are refused."""
+    """A config section: unknown keys, wrong types, inf/nan and integers past int64 are refused."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # lr=inf: refused
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _fits_int64(cls, value):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
+            raise ValueError(f"a whole number of at most {INT_LIMIT} in size")
+        return value
 
 
 class ModelConfig(Section):

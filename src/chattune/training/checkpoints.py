@@ -13,6 +13,7 @@ callback do) nor how a resume is planned (training/resume.py).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from chattune.faults import fault_point
-from chattune.io import DiskFull, checksum_problems, is_disk_full, write_checksums
+from chattune.io import CHECKSUMS, DiskFull, checksum_problems, is_disk_full, write_checksums
 from chattune.model.adapters import quiet_pruned_ranks
 from chattune.training.distributed import barrier, is_main
 
@@ -29,6 +30,9 @@ PREFIX = "checkpoint-"
 STAGING = ".tmp-checkpoint-"
 RETIRED = ".old-checkpoint-"
 STATE = "chattune_state.json"  # chattune's part, written last
+# chattune_state.json's "format": a checkpoint with it always has chattune_checksums.json; one
+# without it may predate checksums. 3: checksums plus the training data's fingerprint.
+FORMAT = 3
 # Present in every committed checkpoint whatever the engine (DDP, FSDP and DeepSpeed name their
 # weight and optimizer files differently); the rename is what guarantees the rest is complete.
 REQUIRED = ("trainer_state.json", STATE)
@@ -62,11 +66,29 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def damage(path: Path) -> list[str]:
+    """What is wrong with a complete checkpoint's files ([] when intact).
+
+    A checkpoint without chattune_checksums.json is damaged unless its chattune_state.json predates
+    checksums (no "format" key): this version always writes them, so a missing file is a loss.
+    """
+    path = Path(path)
+    if (path / CHECKSUMS).is_file():
+        return checksum_problems(path)
+    try:
+        state = json.loads((path / STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return [f"{path / STATE}: unreadable, and {CHECKSUMS} is missing"]
+    if isinstance(state, dict) and "format" not in state:
+        return []  # written before chattune kept checksums
+    return [f"{path / CHECKSUMS}: missing (the checkpoint was written with checksums)"]
+
+
 def latest_intact_checkpoint(root: Path) -> tuple[Path | None, dict[Path, list[str]]]:
     """The newest complete checkpoint whose files still match their checksums, and the damaged newer ones."""
     damaged = {}
     for path in reversed(complete_checkpoints(root)):
-        problems = checksum_problems(path)
+        problems = damage(path)
         if not problems:
             return path, damaged
         damaged[path] = problems

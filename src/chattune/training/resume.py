@@ -16,15 +16,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.markup import escape
+
 from chattune import rundir
 from chattune.config import ConfigError, RunConfig
-from chattune.io import checksum_problems, clean_temporaries, write_json_atomic
+from chattune.io import clean_temporaries, write_json_atomic
 from chattune.rundir import BEST_ADAPTER, CHECKPOINTS, INIT_ADAPTER, LAST_ADAPTER
+from chattune.training import data_fingerprint
 from chattune.training.checkpoints import (
+    FORMAT,
     REQUIRED,
     STATE,
     checkpoint_step,
     clean_staging,
+    damage,
     drop_after,
     is_complete,
     latest_intact_checkpoint,
@@ -52,6 +57,10 @@ class ResumePlan:
     checkpoint: Path | None  # None: nothing saved yet, start from step 0 in run_dir
     cfg: RunConfig  # the given config, run_dir filled in
     state: dict = field(default_factory=dict)  # the checkpoint's chattune_state.json
+    allow_data_change: bool = False  # --allow-data-change: changed data continues, and is recorded
+    data_change: dict | None = None  # what check_data found and let through
+    hashes: list | None = None  # the data's per-example hashes, once check_data computed them
+    console: object = None  # where the notices go (a rich Console), or None
 
     @property
     def step(self) -> int:
@@ -73,31 +82,63 @@ class ResumePlan:
         stopped_early = (self.state.get("eval") or {}).get("stopped_early_at")
         return self.checkpoint is not None and (self.step >= total_steps or stopped_early == self.step)
 
-    def check_data(self, stats: dict) -> None:
-        """Refuse when the tokenized training data differs from what the checkpoint trained on."""
-        before = (self.state.get("data_stats") or {}).get("train")
-        now = stats.get("train")
-        keys = ("examples", "tokens", "trained_tokens")
-        if before and now and any(before.get(k) != now.get(k) for k in keys):
-            change = ", ".join(f"{k} {before.get(k)} -> {now.get(k)}" for k in keys if before.get(k) != now.get(k))
+    def check_data(self, data) -> None:
+        """Refuse, naming the change, training data that differs from what the checkpoint trained on
+        (its examples' fingerprint; an older checkpoint: their counts). --allow-data-change: it
+        continues and the change is recorded (CheckpointState.data_changes, summary.json)."""
+        if self.checkpoint is None:
+            return
+        recorded = self.state.get("data_fingerprint")
+        if recorded:
+            hashes = self.hashes = data_fingerprint.row_hashes(data.train)
+            if data_fingerprint.summary_of(hashes)["digest"] == recorded.get("digest"):
+                return
+            before = data_fingerprint.read_rows(self.checkpoint)
+            source = getattr(data.train, "source", None)
+            change = data_fingerprint.describe_change(before, hashes, source)
+        else:
+            saved = (self.state.get("data_stats") or {}).get("train")
+            change = _count_change(saved, data.stats.get("train"))
+            if not change:
+                return
+        if not self.allow_data_change:
             raise ResumeError(
-                f"{self.checkpoint}: the training data changed since this checkpoint ({change}); an exact "
-                "resume needs the same data, or start a new run without --resume"
+                f"{self.checkpoint}: the training data changed since this checkpoint "
+                f"({change}); an exact resume needs the same data: restore it, start a new run "
+                "without --resume, or continue on the new data: --resume auto --allow-data-change"
             )
+        self.data_change = {"step": self.step, "change": change}
+        if self.console is not None:
+            self.console.print(f"[yellow]warning[/]: --allow-data-change: continuing "
+                               f"{self.checkpoint.name} on changed data ({escape(change)}); "
+                               "recorded in the run", highlight=False, soft_wrap=True)
 
 
-def plan_resume(cfg: RunConfig, value: str) -> ResumePlan:
-    """Where to continue from for --resume auto|PATH; checks the config before anything loads."""
-    run_dir, checkpoint = _locate(cfg, value)
+def _count_change(before: dict | None, now: dict | None) -> str:
+    """A checkpoint from before data fingerprints: the example and token counts that differ."""
+    keys = ("examples", "tokens", "trained_tokens")
+    if not (before and now):
+        return ""
+    differ = [k for k in keys if before.get(k) != now.get(k)]
+    return ", ".join(f"{k} {before.get(k)} -> {now.get(k)}" for k in differ)
+
+
+def plan_resume(cfg: RunConfig, value: str, console=None,
+                allow_data_change: bool = False) -> ResumePlan:
+    """Where to continue from for --resume auto|PATH; checks the config before anything loads.
+    A damaged checkpoint skipped for an older one is said in one line on `console`."""
+    run_dir, checkpoint = _locate(cfg, value, console)
     cfg = cfg.model_copy(update={"run_dir": str(run_dir)})
     if checkpoint is None:
-        return ResumePlan(run_dir, None, cfg)
+        return ResumePlan(run_dir, None, cfg, allow_data_change=allow_data_change,
+                          console=console)
     state = json.loads((checkpoint / STATE).read_text(encoding="utf-8"))
     check_same_config(checkpoint, state.get("config") or {}, cfg)
-    return ResumePlan(run_dir, checkpoint, cfg, state)
+    return ResumePlan(run_dir, checkpoint, cfg, state, allow_data_change=allow_data_change,
+                      console=console)
 
 
-def _locate(cfg: RunConfig, value: str) -> tuple[Path, Path | None]:
+def _locate(cfg: RunConfig, value: str, console=None) -> tuple[Path, Path | None]:
     if value == "auto":
         if not cfg.run_dir:
             raise ResumeError(
@@ -105,7 +146,7 @@ def _locate(cfg: RunConfig, value: str) -> tuple[Path, Path | None]:
                 "(the 'run dir' printed when the run started), or pass --resume RUN_DIR"
             )
         run_dir = Path(cfg.run_dir)
-        checkpoint = _intact(run_dir / CHECKPOINTS)
+        checkpoint = _intact(run_dir / CHECKPOINTS, console)
         if checkpoint is None and (run_dir / rundir.ADAPTER).exists():
             raise ResumeError(f"{run_dir}: a finished run without checkpoints (train.save_every was off); "
                               "nothing to continue from")
@@ -116,11 +157,11 @@ def _locate(cfg: RunConfig, value: str) -> tuple[Path, Path | None]:
             missing = [n for n in REQUIRED if not (path / n).is_file()]
             raise ResumeError(f"--resume {value}: not a complete chattune checkpoint "
                               f"(expected RUN_DIR/{CHECKPOINTS}/checkpoint-STEP; missing: {', '.join(missing) or '-'})")
-        if problems := checksum_problems(path):
+        if problems := damage(path):
             raise ResumeError(f"--resume {value}: the checkpoint is damaged: {'; '.join(problems)}")
         run_dir, checkpoint = path.parent.parent, path
     elif path.is_dir():
-        run_dir, checkpoint = path, _intact(path / CHECKPOINTS)
+        run_dir, checkpoint = path, _intact(path / CHECKPOINTS, console)
         if checkpoint is None:
             raise ResumeError(f"--resume {value}: no complete checkpoint in {path / CHECKPOINTS}")
     else:
@@ -130,22 +171,17 @@ def _locate(cfg: RunConfig, value: str) -> tuple[Path, Path | None]:
     return run_dir, checkpoint
 
 
-def _intact(root: Path) -> Path | None:
-    """The newest checkpoint that passes its checksums; a damaged newer one is named and skipped."""
-    import warnings
-
+def _intact(root: Path, console=None) -> Path | None:
+    """The newest checkpoint that passes its checksums; damaged newer ones: one line, skipped."""
     checkpoint, damaged = latest_intact_checkpoint(root)
+    named = "; ".join(f"{path.name}: {problems[0]}" for path, problems in damaged.items())
     if damaged and checkpoint is None:
-        named = "; ".join(f"{path.name}: {problems[0]}" for path, problems in damaged.items())
-        raise ResumeError(f"{root}: every checkpoint is damaged ({named}); start a new run without --resume")
-    for path, problems in damaged.items():
-        warnings.warn(f"{path.name} is damaged ({'; '.join(problems)}); resuming from {checkpoint.name} instead",
-                      DamagedCheckpoint, stacklevel=2)
+        raise ResumeError(f"{root}: every checkpoint is damaged ({named}); "
+                          "start a new run without --resume")
+    if damaged and console is not None:
+        console.print(f"[yellow]warning[/]: skipped damaged {escape(named)}; "
+                      f"resuming from {checkpoint.name}", highlight=False, soft_wrap=True)
     return checkpoint
-
-
-class DamagedCheckpoint(UserWarning):
-    """A checkpoint skipped by --resume because its files no longer match their checksums."""
 
 
 def check_same_config(checkpoint: Path, saved: dict, cfg: RunConfig) -> None:
@@ -191,14 +227,18 @@ def trim_metrics(run: rundir.RunDir, step: int) -> list[dict]:
 
 @dataclass
 class CheckpointState:
-    """chattune's state in a checkpoint: token counters, wall time, eval best, config, data stats."""
+    """chattune's state in a checkpoint: token counters, wall time, eval best, config, data
+    stats, the training data's fingerprint and the data changes --allow-data-change let through."""
 
     cfg: RunConfig
     counter: object  # .tokens, .trained_tokens
     data_stats: dict
     eval_loop: object | None = None
+    train_data: object = None  # the training examples, in order (fingerprinted at the first save)
     seconds_before: float = 0.0
     started: float = field(default_factory=time.perf_counter)
+    data_changes: list = field(default_factory=list)  # [{step, change}]: resumes on changed data
+    _hashes: list | None = None
 
     def start(self) -> None:
         self.started = time.perf_counter()
@@ -215,10 +255,17 @@ class CheckpointState:
 
     def write(self, folder: Path, step: int) -> None:
         state = {
-            "step": step, "tokens": self.counter.tokens, "trained_tokens": self.counter.trained_tokens,
-            "seconds": round(self.seconds(), 3), "data_stats": self.data_stats,
-            "config": self.cfg.model_dump(mode="json"),
+            "format": FORMAT, "step": step, "tokens": self.counter.tokens,
+            "trained_tokens": self.counter.trained_tokens, "seconds": round(self.seconds(), 3),
+            "data_stats": self.data_stats, "config": self.cfg.model_dump(mode="json"),
         }
+        if self.train_data is not None:
+            if self._hashes is None:
+                self._hashes = data_fingerprint.row_hashes(self.train_data)
+            data_fingerprint.write_rows(folder, self._hashes)
+            state["data_fingerprint"] = data_fingerprint.summary_of(self._hashes)
+        if self.data_changes:
+            state["data_changes"] = self.data_changes
         loop = self.eval_loop
         if loop is not None:
             t = loop.tracker
@@ -230,10 +277,15 @@ class CheckpointState:
                 save_file(loop.best_state, str(folder / BEST_ADAPTER))
         write_json_atomic(folder / STATE, state)  # last: marks chattune's part as complete
 
+    def summary_notes(self) -> dict:
+        """What summary.json records of the resumes: changes --allow-data-change let through."""
+        return {"data_changes": self.data_changes} if self.data_changes else {}
+
     def restore(self, state: dict, folder: Path) -> None:
         self.counter.tokens = state.get("tokens", 0)
         self.counter.trained_tokens = state.get("trained_tokens", 0)
         self.seconds_before = state.get("seconds", 0.0)
+        self.data_changes = list(state.get("data_changes") or [])
         saved, loop = state.get("eval"), self.eval_loop
         if loop is None or not saved:
             return
@@ -257,6 +309,11 @@ def restore_run(plan: ResumePlan, progress: CheckpointState, metrics_logger) -> 
         rotate(plan.run_dir / CHECKPOINTS, plan.cfg.train.keep_checkpoints)  # killed after a commit, before rotation
     if plan.checkpoint is not None:
         progress.restore(plan.state, plan.checkpoint)
+    if plan.data_change:
+        progress.data_changes.append(plan.data_change)
+    if plan.hashes is not None:
+        progress._hashes = plan.hashes  # the same examples: not hashed again at the first save
+
 
 
 def logged_mean_loss(records: list[dict]) -> float | None:

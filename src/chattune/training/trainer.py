@@ -124,18 +124,18 @@ def build_training_args(cfg: RunConfig, run_path: Path, precision: str, device: 
 
 
 def train(cfg: RunConfig, console: Console | None = None, resume: str | None = None,
-          callbacks: tuple = ()) -> TrainOutcome:
+          callbacks: tuple = (), allow_data_change: bool = False) -> TrainOutcome:
     """Train per `cfg`; write and return the run dir (with the in-memory model).
 
     `resume`: "auto" or a checkpoint/run dir path to continue (training/resume.py). A first
     SIGINT/SIGTERM saves a checkpoint and raises TrainingInterrupted (training/interrupt.py).
-    `callbacks`: extra transformers `TrainerCallback`s (the quality bench's held-out curve).
+    `callbacks`: extra transformers `TrainerCallback`s; `allow_data_change`: resume on changed data.
     """
     from chattune.training.monitor import wants_eval_loop
     from chattune.training.resume import plan_resume
 
     console = distributed.rank_console(console)  # several processes: only rank 0 prints
-    plan = plan_resume(cfg, resume) if resume else None  # refuses a changed config before anything loads
+    plan = plan_resume(cfg, resume, console, allow_data_change) if resume else None  # config first
     cfg = plan.cfg if plan else cfg
     if plan and (summary := plan.finished_summary()) is not None:  # requeued after the end: a no-op
         console.print(f"[bold]already finished[/] {plan.run_dir} at step {plan.step}: nothing to do")
@@ -196,7 +196,7 @@ def setup_data(cfg: RunConfig, plan, console: Console):
     data = prepare_data(cfg, tokenizer, console) if cfg.train.stage == "sft" else prepare_preferences(cfg, tokenizer)
     report_data(data.stats, console)
     if plan:
-        plan.check_data(data.stats)
+        plan.check_data(data)
     from chattune.training.monitor import check_monitoring
 
     check_monitoring(cfg, bool(data.eval))
@@ -272,7 +272,7 @@ def setup_session(cfg: RunConfig, run_path: Path, tokenizer, data, plan, console
     counter = TokenCounter()
     metrics = MetricsLogger(rundir.RunDir(run_path).metrics_file, counter)
     monitoring = build_monitoring(cfg, run_path, tokenizer, data.eval_conversations, metrics)
-    progress = CheckpointState(cfg, counter, data.stats, monitoring.eval_loop)
+    progress = CheckpointState(cfg, counter, data.stats, monitoring.eval_loop, data.train)
     if plan:
         restore_run(plan, progress, metrics)  # metrics.jsonl cut back to the checkpoint, counters restored
         console.print(f"[bold]resuming[/] from {plan.checkpoint or 'step 0 (no checkpoint yet)'}")
@@ -327,7 +327,7 @@ def save(run_path: Path, cfg: RunConfig, trainer, model, tokenizer, stats: dict,
     if distributed.is_main():  # the run dir is written once, by rank 0
         summary = save_run(run_path, cfg, model, tokenizer, stats, session.metrics.records, result, seconds,
                            session.counter, precision, state_dict=state_dict)
-        summary["lr"] = lr  # what train.lr (auto: by model size) resolved to
+        summary.update(lr=lr, **session.progress.summary_notes())  # lr: what train.lr resolved to
         spikes = session.spikes.watch.summary(lr)
         if spikes:
             summary["loss_spikes"] = spikes
