@@ -211,17 +211,28 @@ def evaluate(target: str | Path | Run, data: Any, metrics: list[str] | str = "lo
     from chattune.eval.runner import run_eval
     from chattune.model.load import pick_device
 
+    like = str(like) if like is not None else None
     if (metrics if isinstance(metrics, str) else ",".join(metrics)).strip() == "preference":
         from chattune.eval.preference import run_preference_eval
         from chattune.eval.runner import EvalResult
 
-        summary = run_preference_eval(str(target), inline_data_path(data), batch_size, pick_device(device), out,
-                                      like=str(like) if like is not None else None, dtype=dtype)
+        with _eval_writer(target, out):
+            summary = run_preference_eval(str(target), inline_data_path(data), batch_size,
+                                          pick_device(device), out, like=like, dtype=dtype)
         return EvalResult(Path(summary["out_dir"]), summary, [])
     names = _metric_names(metrics, labels)
-    return run_eval(str(target), inline_data_path(data), names, labels, max_new_tokens, batch_size,
-                    pick_device(device), out, console=console, settings=settings,
-                    like=str(like) if like is not None else None, dtype=dtype, retrieval=retrieval)
+    with _eval_writer(target, out):
+        return run_eval(str(target), inline_data_path(data), names, labels, max_new_tokens, batch_size,
+                        pick_device(device), out, console=console, settings=settings, like=like,
+                        dtype=dtype, retrieval=retrieval)
+
+
+def _eval_writer(target, out):
+    """The writer lock of the run dir an eval folder goes into (`out`'s, or by default the target's)."""
+    from chattune import rundir, runlock
+
+    default = Path(str(target)) if out is None and rundir.is_run_dir(str(target)) else None
+    return runlock.writing_inside(out, default)
 
 
 @located
@@ -234,7 +245,9 @@ def retrieval_ablation(run: str | Path | Run, data: Any, metrics: list[str] | st
     from chattune.model.load import pick_device
 
     names = _metric_names(metrics, options.get("labels"))
-    return ablation(str(run), inline_data_path(data), names, console=console, device=pick_device(device), **options)
+    with _eval_writer(run, None):  # its four eval folders and its table go into the run dir
+        return ablation(str(run), inline_data_path(data), names, console=console,
+                        device=pick_device(device), **options)
 
 
 def _metric_names(metrics: list[str] | str, labels) -> list[str]:

@@ -141,6 +141,8 @@ def _add_ui_parser(sub) -> None:
     ui.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     ui.add_argument("--port", type=int, default=7860, help="default 7860")
     ui.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: env CHATTUNE_API_KEY)")
+    ui.add_argument("--no-auth", action="store_true",
+                    help="allow a --host beyond this machine without a key (anyone may use it)")
     ui.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="for chat (default: auto)")
 
 
@@ -156,6 +158,8 @@ def _add_serve_parser(sub) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="default 8000")
     serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: env CHATTUNE_API_KEY)")
+    serve.add_argument("--no-auth", action="store_true",
+                       help="let a --host beyond this machine run keyless (anyone may use it)")
     serve.add_argument("--max-tokens", type=int, default=512, help="cap on a reply's tokens (default 512)")
     serve.add_argument("--max-queue", type=int, default=256,
                        help="requests allowed to wait for the generator; more get 503 + Retry-After (default 256)")

@@ -251,9 +251,19 @@ def cmd_compare(args: Namespace) -> int:
 HANDLERS.update(eval=cmd_eval, report=cmd_report, runs=cmd_runs, compare=cmd_compare)
 
 
-def cmd_serve(args: Namespace) -> int:
+def _server_key(args: Namespace, command: str) -> str | None:
+    """--api-key or CHATTUNE_API_KEY; refused without one beyond loopback unless --no-auth (warned)."""
     import os
 
+    from chattune.serve.binding import check_binding
+
+    api_key = args.api_key or os.environ.get("CHATTUNE_API_KEY") or None
+    if warning := check_binding(command, args.host, api_key, getattr(args, "no_auth", False)):
+        Console(stderr=True).print(f"[bold yellow]warning[/]: {warning}", highlight=False, soft_wrap=True)
+    return api_key
+
+
+def cmd_serve(args: Namespace) -> int:
     import uvicorn
 
     from chattune.serve.app import create_app
@@ -263,12 +273,12 @@ def cmd_serve(args: Namespace) -> int:
         if value < 1:
             Console(stderr=True).print(f"[bold red]error:[/] {flag} must be at least 1")
             return 2
+    api_key = _server_key(args, "serve")  # before any model loads
     try:
         registry = load_registry(args.targets, *_device_and_dtype(args))
     except RegistryError as err:
         Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
         return 2
-    api_key = args.api_key or os.environ.get("CHATTUNE_API_KEY") or None
     app = create_app(registry, api_key=api_key, max_tokens=args.max_tokens, max_queue=args.max_queue)
     Console(stderr=True).print(
         f"serving {', '.join(registry.names())} on http://{args.host}:{args.port}/ "
@@ -281,14 +291,12 @@ HANDLERS["serve"] = cmd_serve
 
 
 def cmd_ui(args: Namespace) -> int:
-    import os
-
     import uvicorn
 
     from chattune.model.load import pick_device
     from chattune.ui.app import create_ui_app
 
-    api_key = args.api_key or os.environ.get("CHATTUNE_API_KEY") or None
+    api_key = _server_key(args, "ui")
     app = create_ui_app(args.runs_dir, api_key=api_key, device=pick_device(args.device))
     Console(stderr=True).print(f"chattune ui on http://{args.host}:{args.port}/ (runs in {args.runs_dir}; "
                                f"{'API key required' if api_key else 'no API key'})", highlight=False)

@@ -17,6 +17,7 @@ Layout of a run dir (each name is a constant below; no other module spells one):
     eval/NAME-TIME/      EVAL_DIR: one `chattune eval`, PREDICTIONS (predictions.jsonl) and
                          EVAL_SUMMARY (summary.json)
     report.html          REPORT: `chattune report`
+    .chattune.lock       LOCK: held (flock) by the one process writing the run dir (runlock.py)
 Files are written with chattune.io (temporary name, then rename), so a reader never sees half a
 file. RunDir reads a run dir and writes it (its write_* methods, each atomic; write_eval_folder
 for an eval folder anywhere); load_for_inference loads its base + adapter for chat, predict,
@@ -51,6 +52,7 @@ EVAL_DIR = "eval"
 PREDICTIONS = "predictions.jsonl"  # inside an eval folder
 EVAL_SUMMARY = "summary.json"  # inside an eval folder
 REPORT = "report.html"
+LOCK = ".chattune.lock"
 
 # What training writes atomically at the top of a run dir, for io.clean_temporaries
 TEMPORARY_OF = (CONFIG, ADAPTER, TOKENIZER, TEMPLATE, DATA_STATS, METRICS, LOSS_PLOT, SUMMARY, RETRIEVAL_INDEX)
@@ -64,11 +66,13 @@ class RunDirError(ValueError):
 
 @contextlib.contextmanager
 def removed_if_left_empty(path: Path):
-    """On an error inside the block, remove `path` if it is still an empty folder; re-raise."""
+    """On an error inside the block, remove `path` if it is still an empty folder (but for the
+    writer's own lock file); re-raise."""
     try:
         yield
     except BaseException:
-        if path.is_dir() and not any(path.iterdir()):
+        if path.is_dir() and all(p.name == LOCK for p in path.iterdir()):
+            (path / LOCK).unlink(missing_ok=True)  # its flock ends when the holder closes it
             path.rmdir()
         raise
 
@@ -224,6 +228,19 @@ class RunDir:
 
 def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / CONFIG).is_file() and (Path(path) / ADAPTER).is_dir()
+
+
+def holds_a_run(path: str | Path) -> bool:
+    """A run dir finished or still training: a finished run's files, checkpoints, metrics or a lock."""
+    path = Path(path)
+    return is_run_dir(path) or (path / CHECKPOINTS).is_dir() or (path / METRICS).is_file() \
+        or (path / LOCK).is_file()
+
+
+def enclosing_run_dir(path: str | Path) -> Path | None:
+    """The run dir that `path` is or lies inside (the nearest), None when it is in none."""
+    path = Path(path).resolve()  # '..' and links as the write will follow them
+    return next((p for p in (path, *path.parents) if p.is_dir() and holds_a_run(p)), None)
 
 
 def open_run_dir(path: str | Path) -> RunDir:

@@ -5,7 +5,8 @@ shard at a time and the output keeps its shards and dtype); otherwise (QLoRA, Ad
 the reason is printed) the whole model is merged in fp32 (merge.py). The gate compares the
 artefact that will be shipped (the merged shards loaded back in their dtype, the merged model,
 or the GGUF file loaded back with transformers) against base + adapter, both computed in fp32.
-A failed gate raises ExportError before anything reaches OUT, unless `force` is set.
+A failed gate raises ExportError before anything reaches OUT, unless `force` is set. OUT itself
+is checked first (target.py: never a run dir or the base model, writable, a folder).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from chattune.exporting.merge import (
     write_model_files,
 )
 from chattune.exporting.shards import NotShardable, ShardPlan, merge_shards, plan_merge
+from chattune.exporting.target import check_target, writing
 from chattune.io import save_dir_atomic, write_json_atomic
 from chattune.training.memory import trim_heap
 
@@ -85,30 +87,34 @@ def export_run(run_path, out, fmt: str = "hf", gguf_dtype: str = "auto", toleran
     if ollama and fmt != "gguf":
         raise ExportError("--ollama writes a Modelfile for a GGUF file: add --format gguf")
     if dtype is not None and (fmt != "hf" or dtype not in DTYPES):
-        raise ExportError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}, with --format hf (GGUF: --gguf-dtype)")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"{out}: already exists and is not empty; choose another --out or add --force")
-    if fmt == "hf":
-        plan, why_whole = shard_plan(run_path)
-        if plan is not None:
-            return [_export_shards(run_path, plan, out, _torch_dtype(dtype), tolerance, force, console)]
-        console.print(f"merging the whole model in fp32: {why_whole}", highlight=False)
-    loaded = load_run(run_path)
-    if fmt == "gguf":
-        from chattune.exporting.gguf_writer import check_supported
+        raise ExportError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}, with --format hf "
+                          "(GGUF: --gguf-dtype)")
+    check_target(run_path, out, force)  # not a run dir or the base, writable: before the gate
+    with writing(out):  # one export to OUT at a time; an interrupted one's temporaries removed
+        if fmt == "hf":
+            plan, why_whole = shard_plan(run_path)
+            if plan is not None:
+                return [_export_shards(run_path, plan, out, _torch_dtype(dtype), tolerance, force,
+                                       console)]
+            console.print(f"merging the whole model in fp32: {why_whole}", highlight=False)
+        loaded = load_run(run_path)
+        if fmt == "gguf":
+            from chattune.exporting.gguf_writer import check_supported
 
-        check_supported(loaded.model.get_base_model(), loaded.tokenizer)  # fail before the slow part
-    check = _measure_reference(loaded, console)
-    merge(loaded)
-    if fmt == "hf":
-        return [_write_whole_model(loaded, check, out, _torch_dtype(dtype), tolerance, force, console, why_whole)]
-    merged = check.run(loaded, loaded.model, DEFAULT_TOLERANCE["hf"])
-    _print(console, "merged", merged)
-    _gate(merged, force)  # a GGUF of a broken merge is broken too
-    if gguf_dtype == "auto":
-        return [merged, _export_gguf_auto(loaded, check, out, tolerance, merged, force, console, ollama)]
-    return [merged, _export_gguf(loaded, check, out, gguf_dtype, _gguf_tolerance(gguf_dtype, tolerance), merged,
-                                 force, console, ollama)]
+            check_supported(loaded.model.get_base_model(), loaded.tokenizer)  # before the slow part
+        check = _measure_reference(loaded, console)
+        merge(loaded)
+        if fmt == "hf":
+            return [_write_whole_model(loaded, check, out, _torch_dtype(dtype), tolerance, force,
+                                       console, why_whole)]
+        merged = check.run(loaded, loaded.model, DEFAULT_TOLERANCE["hf"])
+        _print(console, "merged", merged)
+        _gate(merged, force)  # a GGUF of a broken merge is broken too
+        if gguf_dtype == "auto":
+            return [merged, _export_gguf_auto(loaded, check, out, tolerance, merged, force, console,
+                                              ollama)]
+        bar = _gguf_tolerance(gguf_dtype, tolerance)
+        return [merged, _export_gguf(loaded, check, out, gguf_dtype, bar, merged, force, console, ollama)]
 
 
 def check_gguf_type(dtype: str) -> None:

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from chattune import rundir
+from chattune import rundir, runlock
 from chattune.config import RunConfig
 from chattune.data.preference_encode import prepare_preferences
 from chattune.data.prepare import prepare_data, report_data
 from chattune.faults import fault_point
-from chattune.io import DiskFull, clean_temporaries, drop_cut_line, located_disk_full
+from chattune.io import located_disk_full
 from chattune.model.adapters import adapter_writer, attach_lora
 from chattune.model.load import (
     load_base_model,
@@ -34,6 +34,12 @@ from chattune.model.vocab import grow_for_tokenizer
 from chattune.training import distributed, memory, methods, preference
 from chattune.training.defaults import learning_rate
 from chattune.training.forgetting import guard_run
+from chattune.training.run_setup import (  # noqa: F401 - prepare_run_dir: tests import it here
+    CREATED_RUN_DIRS,
+    hold_resumed,
+    located_disk_full_in_run,
+    prepare_run_dir,
+)
 from chattune.training.speed import (
     base_weight_dtype,
     collator_for,
@@ -51,32 +57,6 @@ class TrainOutcome:
     run_dir: Path
     model: object  # the trained PeftModel, still in memory
     summary: dict
-
-
-CREATED_RUN_DIRS: set[Path] = set()  # made by this process: removed again if a run fails before writing to it
-
-
-def prepare_run_dir(cfg: RunConfig, resuming: bool = False) -> Path:
-    """Create the run dir now, so an unwritable output fails before training starts."""
-    path = cfg.resolved_run_dir()
-    if path.exists() and not path.is_dir():
-        raise rundir.RunDirError(f"{path}: is a file, not a folder; choose another run_dir or output_dir")
-    if not resuming and path.exists() and any(path.iterdir()):
-        raise FileExistsError(f"{path}: run dir already exists and is not empty; choose another run_dir "
-                              "(or continue it: --resume auto)")
-    try:
-        if not path.exists():
-            CREATED_RUN_DIRS.add(path)
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise rundir.RunDirError(f"{path}: cannot write the run dir here ({err.strerror or err}); "
-                                 "choose another output_dir or run_dir") from None
-    with rundir.removed_if_left_empty(path) if path in CREATED_RUN_DIRS else contextlib.nullcontext():
-        rundir.check_free_space(path, rundir.SPACE_MARGIN)  # refused: the folder made here goes again
-    return path
 
 
 def build_training_args(cfg: RunConfig, run_path: Path, precision: str, device: str, has_eval: bool, lr: float):
@@ -123,6 +103,7 @@ def build_training_args(cfg: RunConfig, run_path: Path, precision: str, device: 
     )
 
 
+@runlock.releasing
 def train(cfg: RunConfig, console: Console | None = None, resume: str | None = None,
           callbacks: tuple = (), allow_data_change: bool = False) -> TrainOutcome:
     """Train per `cfg`; write and return the run dir (with the in-memory model).
@@ -135,6 +116,7 @@ def train(cfg: RunConfig, console: Console | None = None, resume: str | None = N
     from chattune.training.resume import plan_resume
 
     console = distributed.rank_console(console)  # several processes: only rank 0 prints
+    hold_resumed(cfg, resume)  # the run dir's writer lock, before its checkpoints are read
     plan = plan_resume(cfg, resume, console, allow_data_change) if resume else None  # config first
     cfg = plan.cfg if plan else cfg
     if plan and (summary := plan.finished_summary()) is not None:  # requeued after the end: a no-op
@@ -150,20 +132,6 @@ def train(cfg: RunConfig, console: Console | None = None, resume: str | None = N
     cleanup = rundir.removed_if_left_empty(run_path) if run_path in CREATED_RUN_DIRS else contextlib.nullcontext()
     with cleanup, located_disk_full_in_run(run_path):
         return _train_into(run_path, cfg, plan, device, console, callbacks)
-
-
-@contextlib.contextmanager
-def located_disk_full_in_run(run_path: Path):
-    """A full disk anywhere in a run: one DiskFull line naming what was being written and how to continue;
-    temporaries and a metrics line cut mid-write are removed, so nothing half-written stays."""
-    try:
-        with located_disk_full(run_path, resume=True):  # e.g. metrics.jsonl: the run dir is named
-            yield
-    except DiskFull:
-        if distributed.is_main():
-            clean_temporaries(run_path, rundir.TEMPORARY_OF)
-            drop_cut_line(rundir.RunDir(run_path).metrics_file)
-        raise
 
 
 def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Console, extra_callbacks=()) -> TrainOutcome:

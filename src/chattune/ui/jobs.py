@@ -4,6 +4,8 @@ A job runs in its own process, so the UI stays responsive, a crash cannot take t
 stop is the CLI's own interruption path: SIGINT makes the trainer write a checkpoint and exit 130
 (training/interrupt.py); resume is `chattune train RUN/config.yaml --resume RUN`. No training logic
 lives here: progress and curves are read from the run dir's metrics.jsonl as the trainer writes it.
+Each job's process takes the run dir's writer lock itself (runlock.py); resume refuses at once a
+run dir another process is writing.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from chattune import rundir
+from chattune import rundir, runlock
 from chattune.io import write_text_atomic
 
 LOG_TAIL_LINES = 40
@@ -85,6 +87,8 @@ class Jobs:
         running = [j for j in self.jobs.values() if j.run_dir == run_dir and j.process.poll() is None]
         if running:
             raise ValueError(f"{run_dir.name} is still training ({running[0].id})")
+        if who := runlock.busy_holder(run_dir):  # a CLI train, another UI: the job would be refused
+            raise ValueError(f"{run_dir.name} is being written by another chattune process ({who})")
         if not config:
             raise ValueError(f"{run_dir.name} has no checkpoint to resume from")
         job_id = f"job{next(self._ids)}"
