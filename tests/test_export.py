@@ -339,3 +339,58 @@ def test_k_quants_need_llama_cpp_and_say_so_before_any_work(monkeypatch):
     assert gguf_types_here() == ("q4_0", "q8_0", "f16", "f32")  # auto tries what can be made here
     monkeypatch.setattr(llamacpp, "available", lambda: True)
     assert gguf_types_here()[:4] == ("q4_0", "q4_k_m", "q5_k_m", "q6_k")
+
+
+@pytest.mark.slow  # one q8_0 export with its gate
+def test_gguf_export_holds_one_model_and_one_encoded_tensor_at_a_time(tiny_run, tmp_path,
+                                                                     monkeypatch):
+    """Memory, not timing: the writer keeps one encoded tensor alive at a time, and the merged
+    model is freed before the file's loaded-back model exists (both at once: 3.2x the weights)."""
+    import gc
+    import weakref
+
+    from chattune.exporting import gguf_writer, pipeline
+
+    live, most, merged_refs, merged_alive_at_load = [], [], [], []
+    encode, write, load = gguf_writer.encode_tensor, gguf_writer.write_gguf, pipeline.load_gguf
+
+    def counting_encode(name, array, dtype):
+        stored, kind = encode(name, array, dtype)
+        if stored is not array:  # an f32 1-D tensor is written as it is (a view of the weight)
+            live[:] = [ref for ref in live if ref() is not None]
+            live.append(weakref.ref(stored))
+            most.append(len(live))
+        return stored, kind
+
+    def remembering_write(model, *args, **kwargs):
+        merged_refs.append(weakref.ref(model))  # the merged model the file is written from
+        write(model, *args, **kwargs)
+
+    def checking_load(folder, name):
+        gc.collect()
+        merged_alive_at_load.append(any(ref() is not None for ref in merged_refs))
+        return load(folder, name)
+
+    monkeypatch.setattr(gguf_writer, "encode_tensor", counting_encode)
+    monkeypatch.setattr(gguf_writer, "write_gguf", remembering_write)
+    monkeypatch.setattr(pipeline, "load_gguf", checking_load)
+    out = tmp_path / "q8"
+    report = pipeline.export_run(tiny_run, out, fmt="gguf", gguf_dtype="q8_0", force=True)[-1]
+    assert report.gate == "kl" and report.prompts > 0
+    assert most and max(most) == 1, "a second encoded tensor was alive while one was written"
+    assert len(merged_refs) == 1
+    assert merged_alive_at_load == [False], "the merged model existed when the file was loaded back"
+
+
+def test_the_gguf_writer_puts_the_largest_tensors_first(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from chattune.exporting.gguf_writer import _tensors
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    written = list(_tensors(model, "q8_0"))
+    sizes = [array.nbytes for _, array, _ in written]
+    assert written[0][0] == "token_embd.weight" and sizes[0] == max(sizes)
+    names = [name for name, _, _ in written]
+    tied = bool(model.config.tie_word_embeddings)
+    assert len(names) == len(set(names)) == len(model.state_dict()) - tied

@@ -10,7 +10,8 @@ use gguf-py's own quantizers (gguf 0.19 has Q8_0 and Q4_0, no K-quants): q8_0 st
 in Q8_0; q4_0 stores the blocks' matrices in Q4_0 and the embedding / output head in Q8_0, as
 llama.cpp keeps those at higher precision; a matrix whose rows are not whole 32-value blocks
 stays f16. Other architectures, rotary scalings and other tokenizer models (Unigram, WordPiece) are
-refused with the list of what is supported.
+refused with the list of what is supported. Tensors are encoded and written one at a time, the
+largest first (`_layout`), so the writer holds one encoded copy beside the model.
 """
 
 from __future__ import annotations
@@ -90,11 +91,15 @@ def write_gguf(model, tokenizer, path: Path, dtype: str = "f16", name: str = "ch
         extra_stops = sorted(set(stop_ids or ()) - {tokenizer.eos_token_id})
         if extra_stops:
             writer.add_eot_token_id(extra_stops[0])
-        for gguf_name, array, kind in _tensors(model, dtype):
-            writer.add_tensor(gguf_name, array, raw_dtype=kind)
+        layout = _layout(model)
+        for gguf_name, shape, _ in layout:
+            writer.add_tensor_info(gguf_name, *_stored_info(gguf_name, shape, dtype))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        writer.write_ti_data_to_file()
+        for _, array, _ in _encoded(layout, dtype):  # one encoded tensor alive at a time
+            writer.write_tensor_data(array)
+            del array
     finally:
         writer.close()
 
@@ -129,14 +134,29 @@ def _arch(config):
 
 
 def _tensors(model, dtype: str):
-    """(gguf name, array, GGML type or None) for every weight, in llama.cpp's layout and `dtype`."""
+    """(gguf name, array, GGML type or None) for every weight, in llama.cpp's layout and `dtype`,
+    in the file's order; each is encoded only when the iteration reaches it."""
+    return _encoded(_layout(model), dtype)
+
+
+def _encoded(layout, dtype: str):
+    for name, _, array in layout:
+        yield (name, *encode_tensor(name, array(), dtype))
+
+
+def _layout(model) -> list[tuple[str, tuple, object]]:
+    """(gguf name, shape, a function giving the fp32 array in llama.cpp's layout) per weight, the
+    largest first. Nothing is copied here (an fp32 weight's array is a view of it). The order
+    matters for memory, not for llama.cpp: transformers loads a GGUF back by building a dict of
+    every dequantized tensor, and each tensor passes through two fp32 copies on the way in; with
+    the embedding and LM head first, those copies of the largest tensors come while the dict is
+    still small (on Qwen2.5-0.5B the head alone is 545 MB)."""
     import gguf
-    import numpy as np
 
     config = model.config
     name_map = gguf.get_tensor_name_map(_arch(config), config.num_hidden_layers)
     tied = bool(getattr(config, "tie_word_embeddings", False))
-    permuted = config.model_type in ROTARY_PERMUTED
+    layout = []
     for hf_name, tensor in model.state_dict().items():
         if tied and hf_name == "lm_head.weight":
             continue  # llama.cpp reuses token_embd.weight when output.weight is absent
@@ -144,13 +164,58 @@ def _tensors(model, dtype: str):
         gguf_base = name_map.get_name(base)
         if gguf_base is None:
             raise GGUFExportError(f"GGUF export: no llama.cpp name for tensor {hf_name!r}")
-        array = tensor.detach().float().cpu().numpy()
-        if permuted and hf_name.endswith("q_proj.weight"):
-            array = permute_rotary(array, config.num_attention_heads, config.num_attention_heads)
-        elif permuted and hf_name.endswith("k_proj.weight"):
-            array = permute_rotary(array, config.num_attention_heads, config.num_key_value_heads)
-        name = f"{gguf_base}.{suffix}"
-        yield (name, *encode_tensor(name, np.ascontiguousarray(array), dtype))
+        layout.append((f"{gguf_base}.{suffix}", tuple(tensor.shape),
+                       _array_of(tensor, hf_name, config)))
+    return sorted(layout, key=lambda entry: -_count(entry[1]))  # stable: ties keep the HF order
+
+
+def _array_of(tensor, hf_name: str, config):
+    """A function giving `tensor` as a contiguous fp32 array, q/k rows permuted for llama.cpp."""
+    import numpy as np
+
+    def array():
+        out = tensor.detach().float().cpu().numpy()
+        rotary = hf_name.endswith(("q_proj.weight", "k_proj.weight"))
+        if config.model_type in ROTARY_PERMUTED and rotary:
+            kv = hf_name.endswith("k_proj.weight")
+            heads = config.num_key_value_heads if kv else config.num_attention_heads
+            out = permute_rotary(out, config.num_attention_heads, heads)
+        return np.ascontiguousarray(out)
+
+    return array
+
+
+def _count(shape) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def stored_type(name: str, shape, dtype: str):
+    """The GGML type tensor `name` of `shape` is stored in within a `dtype` file."""
+    import gguf
+
+    types = gguf.GGMLQuantizationType
+    if len(shape) < 2 or dtype == "f32":
+        return types.F32
+    if dtype == "f16":
+        return types.F16
+    kind = types.Q8_0 if dtype == "q8_0" or name in HIGH_PRECISION_TENSORS else types.Q4_0
+    return types.F16 if shape[-1] % gguf.GGML_QUANT_SIZES[kind][0] else kind
+
+
+def _stored_info(name: str, shape, dtype: str) -> tuple:
+    """add_tensor_info's (shape, numpy dtype, bytes, raw type) for a tensor not yet encoded."""
+    import gguf
+    import numpy as np
+
+    kind = stored_type(name, shape, dtype)
+    if kind in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+        item = np.dtype(np.float32 if kind == gguf.GGMLQuantizationType.F32 else np.float16)
+        return shape, item, _count(shape) * item.itemsize, None
+    stored = gguf.quant_shape_to_byte_shape(shape, kind)
+    return stored, np.dtype(np.uint8), _count(stored), kind
 
 
 def encode_tensor(name: str, array, dtype: str):
@@ -159,13 +224,10 @@ def encode_tensor(name: str, array, dtype: str):
     import numpy as np
     from gguf import quants
 
-    if array.ndim < 2 or dtype == "f32":
+    kind = stored_type(name, array.shape, dtype)
+    if kind == gguf.GGMLQuantizationType.F32:
         return array, None
-    if dtype == "f16":
-        return array.astype(np.float16), None
-    high = dtype == "q8_0" or name in HIGH_PRECISION_TENSORS
-    kind = gguf.GGMLQuantizationType.Q8_0 if high else gguf.GGMLQuantizationType.Q4_0
-    if array.shape[-1] % gguf.GGML_QUANT_SIZES[kind][0]:
+    if kind == gguf.GGMLQuantizationType.F16:
         return array.astype(np.float16), None
     return quants.quantize(array, kind), kind
 

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from chattune import rundir
 from chattune.exporting import fidelity
+from chattune.exporting.gguf_readback import load_gguf, merged_again, release_merged
 from chattune.exporting.merge import (
     REPORT,
     ExportError,
@@ -283,10 +284,8 @@ def _export_gguf(loaded, check: Check, out: Path, dtype: str, tolerance: float, 
 
     def write(tmp: Path) -> None:
         tokenizer = training_tokenizer(loaded)
-        _write_gguf_file(loaded, tokenizer, tmp, name, dtype)
-        model, gguf_tokenizer = load_gguf(tmp, name)
-        report = check.run(loaded, model, tolerance, "kl" if f"gguf-{dtype}" in KL_TOLERANCE else "logits")
-        report.tokenizer_agreement = fidelity.tokenizer_agreement(tokenizer, gguf_tokenizer, check.conversations)
+        report = _written_and_read_back(loaded, check, tokenizer, tmp / name, dtype, tolerance,
+                                        console)
         reports.append(report)
         _print(console, f"gguf {dtype}", report)
         _gate(report, force)
@@ -305,6 +304,22 @@ def _export_gguf(loaded, check: Check, out: Path, dtype: str, tolerance: float, 
     save_dir_atomic(out, write)
     console.print(f"[green]wrote[/] {out / name}")
     return reports[0]
+
+
+def _written_and_read_back(loaded, check: Check, tokenizer, path: Path, dtype: str,
+                           tolerance: float, console) -> fidelity.FidelityReport:
+    """Write the file from the merged model, free that model, load the file back and gate it: the
+    merged fp32 model and the loaded-back one never coexist (gguf_readback.py)."""
+    merged_again(loaded, console)
+    _write_gguf_file(loaded, tokenizer, path.parent, path.name, dtype)
+    release_merged(loaded)
+    model, gguf_tokenizer = load_gguf(path.parent, path.name)
+    gate = "kl" if f"gguf-{dtype}" in KL_TOLERANCE else "logits"
+    report = check.run(loaded, model, tolerance, gate)
+    del model  # before llama.cpp (when installed) maps the file for its own check
+    report.tokenizer_agreement = fidelity.tokenizer_agreement(tokenizer, gguf_tokenizer,
+                                                              check.conversations)
+    return report
 
 
 def _write_gguf_file(loaded, tokenizer, folder: Path, name: str, dtype: str) -> None:
@@ -342,16 +357,6 @@ def _llamacpp_report(loaded, check: Check, path: Path, tokenizer, tolerance: flo
         return {"installed": True, "error": repr(err)}
     _print(console, "llama.cpp", report)
     return {"installed": True, **report.to_dict()}
-
-
-def load_gguf(folder: Path, name: str):
-    """A GGUF file as (fp32 transformers model, tokenizer), the way `from_pretrained` reads it."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name, dtype=torch.float32)
-    model.eval()
-    return model, AutoTokenizer.from_pretrained(str(folder), gguf_file=name)
 
 
 def _print(console: Console, label: str, report: fidelity.FidelityReport) -> None:
