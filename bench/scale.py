@@ -4,8 +4,10 @@ Builds a random-initialised Llama of about 1.1B parameters from a config (TinyLl
 with the built-in model's tokenizer and vocabulary; nothing is downloaded), saves it in bf16
 as safetensors shards, then runs each step as its own `chattune` process and reads that
 process's peak RSS from wait4's rusage (the tree's largest process, as /usr/bin/time -v):
-LoRA training 2 steps, QLoRA (4-bit) training 2 steps, export of the LoRA run, chat with the
-LoRA run and with the export. Targets (issue 15): export and chat peak RSS at most 1.3x the
+LoRA training 2 steps, QLoRA (4-bit) training 2 steps, export of the LoRA run (HF folder and
+GGUF q8_0, each behind its gate), chat with the LoRA run and with the export. `--model NAME` runs
+the same steps on a real model instead (e.g. builtin:qwen2.5-coder-0.5b-instruct), whose gates
+then decide (no --force). Targets (issue 15): export and chat peak RSS at most 1.3x the
 bf16 checkpoint's size, QLoRA training at most 0.6x LoRA's. Writes
 bench/results/<date>-scale.json and prints a markdown table. Not a test: nothing is timed.
 """
@@ -51,6 +53,32 @@ def build_model(out: Path, layers: int) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def base_model(args, folder: Path, env: dict, log: Path) -> tuple[dict | None, Path]:
+    """(the build step's row or None, the model folder): the named real model, or the random one built once."""
+    if args.model is not None:
+        from chattune.models import resolve_model
+
+        return None, Path(resolve_model(args.model))
+    if (folder / "config.json").exists():
+        return None, folder
+    build = [sys.executable, "-m", "bench.scale", "--build", str(folder), str(args.layers)]
+    return measured("build model", build, env, log), folder
+
+
+def parameter_count(folder: Path) -> int:
+    """Parameters stored in the folder's safetensors files (read from their headers)."""
+    import math
+
+    from safetensors import safe_open
+
+    total = 0
+    for path in folder.glob("*.safetensors"):
+        with safe_open(path, "pt") as weights:
+            names = weights.keys()
+            total += sum(math.prod(weights.get_slice(name).get_shape()) for name in names)
+    return total
+
+
 def measured(name: str, cmd: list[str], env: dict, log: Path) -> dict:
     """Run `cmd`; its wall seconds and the peak RSS of its largest process (wait4)."""
     started = time.perf_counter()
@@ -67,16 +95,19 @@ def measured(name: str, cmd: list[str], env: dict, log: Path) -> dict:
     return row
 
 
-def steps(model: Path, work: Path) -> list[tuple[str, list[str]]]:
+def steps(model: Path, work: Path, random_weights: bool) -> list[tuple[str, list[str]]]:
     chattune = [sys.executable, "-m", "chattune"]
     lora, qlora, export = work / "run-lora", work / "run-qlora", work / "export"
     base = [f"model.name={model}", *TRAIN]
+    force = ["--force"] if random_weights else []
     return [
         ("train LoRA", [*chattune, "train", *base, f"run_dir={lora}"]),
         ("train QLoRA 4-bit", [*chattune, "train", *base, "model.quantize=4bit", f"run_dir={qlora}"]),
         # --force: a random model's next-token scores are near ties, so greedy agreement is noise here (the gate
         # still runs and its line is in the log); the merge itself is checked by tests/test_export_shards.py
-        ("export", [*chattune, "export", str(lora), "--out", str(export), "--force"]),
+        ("export", [*chattune, "export", str(lora), "--out", str(export), *force]),
+        ("export GGUF q8_0", [*chattune, "export", str(lora), "--format", "gguf", "--gguf-type", "q8_0",
+                              "--out", str(work / "export-gguf"), *force]),
         # bf16 explicitly: on a CPU `auto` loads fp32 (model/load.py inference_precision); the target is bf16's
         ("chat (run dir)", [*chattune, "chat", str(lora), "--dtype", "bf16", "--prompt", "Who are you?",
                             "--max-new-tokens", "8"]),
@@ -94,12 +125,14 @@ def verdicts(rows: dict[str, dict], checkpoint_mb: float) -> dict:
 
 
 def table(rows: list[dict], checkpoint_mb: float, judged: dict) -> str:
-    lines = [f"bf16 checkpoint: {checkpoint_mb:.0f} MB", "",
-             "| step | seconds | peak RSS MB | x checkpoint | target | met |", "|---|---|---|---|---|---|"]
+    lines = [f"checkpoint on disk: {checkpoint_mb:.0f} MB", "",
+             "| step | seconds | trained tokens/s | peak RSS MB | x checkpoint | target | met |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         verdict = judged.get(r["step"], {})
         step = f"{r['step']} ({r['precision']})" if "precision" in r else r["step"]
-        lines.append(f"| {step} | {r['seconds']} | {r['peak_rss_mb']} | {r['peak_rss_mb'] / checkpoint_mb:.2f} "
+        lines.append(f"| {step} | {r['seconds']} | {r.get('tokens_per_s') or ''} | {r['peak_rss_mb']} "
+                     f"| {r['peak_rss_mb'] / checkpoint_mb:.2f} "
                      f"| {verdict.get('target', '')} | {verdict.get('met', '')} |")
     qlora = judged["QLoRA vs LoRA training"]
     lines.append(f"\nQLoRA / LoRA training peak RSS: {qlora['ratio']} (target <= 0.6: {qlora['met']})")
@@ -110,6 +143,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench scale", description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=SHAPE["num_hidden_layers"], help="decoder layers (22: ~1.1B)")
     parser.add_argument("--keep", type=Path, help="keep the model, runs and log in this folder")
+    parser.add_argument("--model", help="a real model (name or folder) instead of the random 1.1B Llama")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     from bench.__main__ import machine
 
@@ -118,19 +152,21 @@ def main(argv=None) -> int:
     log, model = work / "steps.log", work / "model"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     try:
-        built = measured("build model", [sys.executable, "-m", "bench.scale", "--build", str(model), str(args.layers)],
-                         env, log) if not (model / "config.json").exists() else None
+        built, model = base_model(args, model, env, log)
         checkpoint_mb = sum(f.stat().st_size for f in model.glob("*.safetensors")) / 2**20
-        rows = [measured(name, cmd, env, log) for name, cmd in steps(model, work)]
+        rows = [measured(name, cmd, env, log) for name, cmd in steps(model, work, args.model is None)]
         for row, run in zip(rows, (work / "run-lora", work / "run-qlora"), strict=False):  # the two training steps
-            row["precision"] = json.loads((run / "summary.json").read_text())["precision"]
+            summary = json.loads((run / "summary.json").read_text())
+            row["precision"], row["tokens_per_s"] = summary["precision"], summary.get("tokens_per_s")
         judged = verdicts({r["step"]: r for r in rows}, checkpoint_mb)
-        params = json.loads((model / "chattune-bench.json").read_text())["parameters"]
+        params = parameter_count(model)
         report = {"date": datetime.now().isoformat(timespec="seconds"), "machine": machine(), "parameters": params,
-                  "shape": {**SHAPE, "num_hidden_layers": args.layers}, "checkpoint_mb": round(checkpoint_mb),
+                  "model": args.model or {"random Llama": {**SHAPE, "num_hidden_layers": args.layers}},
+                  "checkpoint_mb": round(checkpoint_mb),
                   "build": built, "rows": rows, "verdicts": judged, "train_settings": TRAIN}
         RESULTS.mkdir(parents=True, exist_ok=True)
-        out = RESULTS / f"{datetime.now():%Y-%m-%d}-scale.json"
+        tag = "" if args.model is None else "-" + args.model.split(":")[-1].rstrip("/").split("/")[-1]
+        out = RESULTS / f"{datetime.now():%Y-%m-%d}-scale{tag}.json"
         out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(table(rows, checkpoint_mb, judged))
         print(f"wrote {out}")
