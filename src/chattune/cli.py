@@ -56,16 +56,7 @@ def _add_dtype_flag(parser: argparse.ArgumentParser) -> None:
                         "training precision where the GPU runs it, a plain model bf16/fp16 (docs/evaluation.md)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="chattune",
-        description="Fine-tune chat LLMs with LoRA, then talk to the result.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def _add_train_parser(sub) -> None:
     train = sub.add_parser(
         "train", help="fine-tune a model with LoRA; writes a run dir",
         description="Fine-tune with LoRA. CONFIG is a YAML file; key=value pairs override it "
@@ -83,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--allow-data-change", action="store_true",
                        help="with --resume: continue even though the training data changed "
                        "since the checkpoint (refused otherwise); recorded in summary.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chattune",
+        description="Fine-tune chat LLMs with LoRA, then talk to the result.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    _add_train_parser(sub)
 
     chat = sub.add_parser(
         "chat", help="chat with a run dir or a base model",
