@@ -208,9 +208,9 @@ def main(argv=None) -> int:
               "verdicts": verdicts(contenders), "total_seconds": round(time.perf_counter() - started, 1)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     tag = "" if args.model == MODEL else "-" + args.model.split(":")[-1].rstrip("/").split("/")[-1]
-    stem = RESULTS / (datetime.now().strftime("%Y-%m-%d-%H%M") + "-quality" + tag)
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    chart(contenders, target, stem.with_suffix(".png"), f"{args.model}: {box['cpu']} ({box['cpu_generation']}), {box['cores']} cores, "
+    stem = RESULTS / (datetime.now().strftime("%Y-%m-%d-%H%M") + "-quality" + tag)  # the tag may hold dots
+    Path(f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    chart(contenders, target, Path(f"{stem}.png"), f"{args.model}: {box['cpu']} ({box['cpu_generation']}), {box['cores']} cores, "
           f"fast bf16 {box['fast_bf16']}, torch {box['torch']}")
     print(f"machine: {json.dumps(box)}")
     print(table(contenders, target, report["target_rule"]))
