@@ -38,3 +38,9 @@ def _drop_hub_kernel_notice(record: logging.LogRecord) -> bool:
 
 
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_drop_hub_kernel_notice)
+
+# One line when a core library (torch, transformers, peft, trl, datasets, accelerate) is outside the
+# tested range; importlib.metadata only, never raises (chattune/versions.py says the rule).
+from chattune.versions import warn_untested  # noqa: E402
+
+warn_untested()

@@ -121,7 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parsers(sub)
     _add_serve_parser(sub)
     _add_ui_parser(sub)
+    _add_env_parser(sub)
     return parser
+
+
+def _add_env_parser(sub) -> None:
+    env = sub.add_parser(
+        "env", help="print versions, hardware and caches, to paste into a bug report",
+        description="chattune's version and commit, the libraries' versions against the tested "
+        "set, the platform, CPU or GPU, the cache folders with free disk and the built-in models.",
+    )
+    env.add_argument("--json", action="store_true", help="the same report as JSON")
 
 
 def _add_fetch_parser(sub) -> None:

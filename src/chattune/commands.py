@@ -305,3 +305,16 @@ def cmd_ui(args: Namespace) -> int:
 
 
 HANDLERS["ui"] = cmd_ui
+
+
+def cmd_env(args: Namespace) -> int:
+    import json
+
+    from chattune.env import collect, to_markdown
+
+    report = collect()
+    print(json.dumps(report, indent=1) + "\n" if args.json else to_markdown(report), end="")
+    return 0
+
+
+HANDLERS["env"] = cmd_env

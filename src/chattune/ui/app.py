@@ -2,9 +2,10 @@
 
 One page (static/ui.html) and a JSON API: the config form and its validation (`POST /api/config`),
 the `data inspect` view (`POST /api/inspect`), uploads, training jobs (ui/jobs.py: start, stop,
-resume, progress), the runs list, a run's files (loss curve, report), compare, export and a
-streaming chat with any run or model (`POST /api/chat`). It reuses the server's guard: local-only by
-default, the same bearer API key as `chattune serve` (every path but the page needs it).
+resume, progress), the runs list, a run's files (loss curve, report), compare, export, a
+streaming chat with any run or model (`POST /api/chat`) and the `chattune env` report (`GET
+/api/env`). It reuses the server's guard: local-only by default, the same bearer API key as
+`chattune serve` (every path but the page needs it).
 """
 
 from __future__ import annotations
@@ -74,7 +75,18 @@ def create_ui_app(runs_dir: str | Path = "runs", api_key: str | None = None, dev
     _add_config_routes(app, runs_dir)
     _add_job_routes(app, jobs, runs_dir)
     _add_run_routes(app, jobs, runs_dir, chats)
+    _add_env_route(app)
     return app
+
+
+def _add_env_route(app: FastAPI) -> None:
+    @app.get("/api/env")
+    def environment():
+        """The `chattune env` report (chattune/env.py) and its Markdown, for the page's tab."""
+        from chattune.env import collect, to_markdown
+
+        report = collect()
+        return {**report, "markdown": to_markdown(report)}
 
 
 def _fields_of(err: Exception) -> dict:

@@ -37,6 +37,7 @@ function showTab(name) {
   for (const s of document.querySelectorAll("section")) s.classList.toggle("on", s.id === "tab-" + name);
   if (name === "runs") loadRuns();
   if (name === "chat") loadChatTargets();
+  if (name === "env") loadEnv();
 }
 
 // ---- the config form: fields from /api/options, validated by /api/config on every change
@@ -307,5 +308,11 @@ $("chat-form").addEventListener("submit", async (e) => {
   } finally { $("chat-send").disabled = false; }
 });
 $("chat-input").addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("chat-form").requestSubmit(); } });
+
+// ---- environment: the `chattune env` report, to paste into a bug report
+async function loadEnv() {
+  try { $("env-report").textContent = (await call("GET", "/api/env")).markdown; status(""); } catch (err) { status(err.error); }
+}
+$("env-copy").addEventListener("click", () => navigator.clipboard?.writeText($("env-report").textContent));
 $("key").addEventListener("change", loadOptions);
 loadOptions();
