@@ -74,6 +74,13 @@ def _add_train_parser(sub) -> None:
     train.add_argument("--allow-data-change", action="store_true",
                        help="with --resume: continue even though the training data changed "
                        "since the checkpoint (refused otherwise); recorded in summary.json")
+    train.add_argument("--log-format", default="auto", choices=["auto", "plain", "json"],
+                       help="auto (default): a live status line on a terminal, one plain line "
+                       "per logging step elsewhere; plain: those lines always; json: each "
+                       "metrics.jsonl record as one JSON line on stdout, messages on stderr "
+                       "(docs/training.md)")
+    train.add_argument("--quiet", action="store_true",
+                       help="print only errors and the summary's one line at the end")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -80,11 +80,16 @@ def cmd_train(args: Namespace) -> int:
         distributed.check_engine(cfg, wants_eval_loop(cfg), pick_device(cfg.train.device), launching=True)
         distributed.launch(args.nproc, args.argv)  # does not return: this process becomes torchrun
     # imports transformers, so only after the config checks above
+    from chattune.training.display import TrainingDisplay, quiet_libraries
     from chattune.training.interrupt import TrainingInterrupted
 
+    quiet = getattr(args, "quiet", False)
+    if quiet:
+        quiet_libraries()  # no loading bars or library warnings either
+    display = TrainingDisplay(getattr(args, "log_format", "auto"), quiet=quiet)
     try:
         train(cfg, resume=getattr(args, "resume", None), if_exists="error",
-              allow_data_change=getattr(args, "allow_data_change", False))
+              allow_data_change=getattr(args, "allow_data_change", False), callbacks=(display,))
     except TrainingInterrupted as stop:
         return _report_interrupted(stop, getattr(args, "argv", None) or ["train", *filter(None, [args.config]), *args.overrides])
     return 0

@@ -81,6 +81,7 @@ def build_training_args(cfg: RunConfig, run_path: Path, precision: str, device: 
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps,
+        disable_tqdm=True,  # progress is training/display.py's: no tqdm bar, no dict per step
         eval_strategy=eval_strategy,
         eval_steps=eval_steps,
         save_strategy="steps" if t.save_every else "no",  # training/checkpoints.py writes them atomically
@@ -112,15 +113,20 @@ def train(cfg: RunConfig, console: Console | None = None, resume: str | None = N
     SIGINT/SIGTERM saves a checkpoint and raises TrainingInterrupted (training/interrupt.py).
     `callbacks`: extra transformers `TrainerCallback`s; `allow_data_change`: resume on changed data.
     """
+    from chattune.training.display import display_in, with_display
     from chattune.training.monitor import wants_eval_loop
     from chattune.training.resume import plan_resume
 
-    console = distributed.rank_console(console)  # several processes: only rank 0 prints
+    callbacks = with_display(callbacks)  # the caller's TrainingDisplay, or live / plain lines
+    display = display_in(callbacks)
+    # several processes: only rank 0 prints; --quiet: nothing but errors and the last line
+    console = distributed.rank_console(display.messages_console(console))
     hold_resumed(cfg, resume)  # the run dir's writer lock, before its checkpoints are read
     plan = plan_resume(cfg, resume, console, allow_data_change) if resume else None  # config first
     cfg = plan.cfg if plan else cfg
     if plan and (summary := plan.finished_summary()) is not None:  # requeued after the end: a no-op
         console.print(f"[bold]already finished[/] {plan.run_dir} at step {plan.step}: nothing to do")
+        display.finish(summary, plan.run_dir)
         return TrainOutcome(plan.run_dir, None, summary)
     device = pick_device(cfg.train.device)
     distributed.check_engine(cfg, wants_eval_loop(cfg), device)
@@ -138,6 +144,8 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
     """The recipe, once the run dir exists: setup_data -> setup_model -> build_trainer -> fit -> save."""
     from transformers import set_seed
 
+    from chattune.training.display import display_in
+
     set_seed(cfg.seed)
     memory.release_freed_tensors(memory.threshold_for(cfg.train.mmap_threshold_kb, cfg.model.quantize != "none"))
     if device == "cpu":
@@ -150,7 +158,8 @@ def _train_into(run_path: Path, cfg: RunConfig, plan, device: str, console: Cons
                                    tokenizer)
     checkpoints = cfg.train.keep_checkpoints + 1 if cfg.train.save_every else 1  # +1 while rotating; 1: on Ctrl-C
     rundir.check_free_space(run_path, rundir.estimated_size(trainable, checkpoints))  # now, not at the first save
-    session = setup_session(cfg, run_path, tokenizer, data, plan, console)
+    display = display_in(extra_callbacks)  # train() put one there
+    session = setup_session(cfg, run_path, tokenizer, data, plan, console, display)
     callbacks = session.callbacks(precision, lr, cfg, extra_callbacks)
     trainer = build_trainer(cfg, model, args, data, tokenizer, callbacks, device, session.counter)
     result, best = fit_run(trainer, model, session, plan, cfg, len(data.train), run_path)
@@ -217,6 +226,7 @@ class Session:
     stopper: object  # train.interrupt.StopOnSignal
     checkpoints: object  # train.checkpoints.AtomicCheckpoints
     spikes: object  # train.spikes.LossSpikeCallback
+    display: object  # train.display.TrainingDisplay (also among the extra callbacks)
 
     def callbacks(self, precision: str, lr: float, cfg: RunConfig, extra=()) -> list:
         """The Trainer's callbacks; the checkpoint committer last, once every other one has had its say."""
@@ -227,8 +237,10 @@ class Session:
                 *methods.method_callbacks(cfg.lora), *extra, self.checkpoints]
 
 
-def setup_session(cfg: RunConfig, run_path: Path, tokenizer, data, plan, console: Console) -> Session:
-    """Counters, metrics, monitoring and checkpoint state; a resume restores them from its checkpoint."""
+def setup_session(cfg: RunConfig, run_path: Path, tokenizer, data, plan, console: Console,
+                  display) -> Session:
+    """Counters, metrics, monitoring and checkpoint state; a resume restores them from its
+    checkpoint. `display` (training/display.py) is shown each metrics record."""
     from chattune.training.callbacks import MetricsLogger
     from chattune.training.checkpoints import AtomicCheckpoints
     from chattune.training.counting_trainer import TokenCounter
@@ -245,22 +257,28 @@ def setup_session(cfg: RunConfig, run_path: Path, tokenizer, data, plan, console
         restore_run(plan, progress, metrics)  # metrics.jsonl cut back to the checkpoint, counters restored
         console.print(f"[bold]resuming[/] from {plan.checkpoint or 'step 0 (no checkpoint yet)'}")
     checkpoints = AtomicCheckpoints(rundir.RunDir(run_path).checkpoints, progress, cfg.train.keep_checkpoints)
-    return Session(counter, metrics, monitoring, progress, StopOnSignal(), checkpoints, LossSpikeCallback(console))
+    display.start_run(cfg.train.metric, metrics.records)  # resumed: the earlier losses and evals
+    metrics.listeners.append(display.record)
+    return Session(counter, metrics, monitoring, progress, StopOnSignal(), checkpoints,
+                   LossSpikeCallback(console), display)
 
 
 def build_trainer(cfg: RunConfig, model, args, data, tokenizer, callbacks: list, device: str, counter: TokenCounter):
     """transformers' Trainer with chattune's token counting, loss path and token budget (training/counting_trainer.py);
     train.stage dpo/orpo/kto: TRL's trainer of that stage, on padded batches (training/preference.py)."""
     from chattune.training.counting_trainer import CountingTrainer
+    from chattune.training.display import without_printers
 
-    if cfg.train.stage != "sft":
-        return preference.build_preference_trainer(cfg, model, args, data, tokenizer, callbacks, counter)
-    return CountingTrainer(
+    if cfg.train.stage != "sft":  # the same display: transformers' printers off, ours in callbacks
+        trainer = preference.build_preference_trainer(cfg, model, args, data, tokenizer, callbacks,
+                                                      counter)
+        return without_printers(trainer)
+    return without_printers(CountingTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.eval or None,
         data_collator=collator_for(cfg.train, tokenizer, model), callbacks=callbacks, counter=counter,
         skip_prompt_logits=cfg.train.skip_prompt_logits, micro_batch_tokens=micro_batch_budget(cfg, device),
         adalora_penalties=methods.PenaltyLog() if cfg.lora.method == "adalora" else None,
-    )
+    ))
 
 
 def fit_run(trainer, model, session: Session, plan, cfg: RunConfig, train_rows: int, run_path: Path):
@@ -276,6 +294,7 @@ def fit_run(trainer, model, session: Session, plan, cfg: RunConfig, train_rows: 
         session.counter.sync(distributed.sum_over_ranks)
         best = session.monitoring.keep_best(model, run_path, trainer.state.global_step)
     except BaseException:
+        session.display.close()  # the live line ends before the error is said
         session.monitoring.close(failed=True)
         raise
     session.monitoring.close()
@@ -302,7 +321,7 @@ def save(run_path: Path, cfg: RunConfig, trainer, model, tokenizer, stats: dict,
         forgetting = guard_run(cfg, model, tokenizer, console)  # base vs fine-tuned on general rows; None when off
         add_to_summary(run_path, summary, digests, best, console, forgetting)
     distributed.barrier()  # every rank returns once the run dir is complete
-    console.print(f"[green]saved[/] {run_path}  ({seconds:.0f} s, mean loss {result.training_loss:.4f})")
+    session.display.finish(summary, run_path)  # rank 0: time, tokens/s, held-out figures, paths
     return TrainOutcome(run_path, model, summary)
 
 
@@ -314,9 +333,8 @@ def add_to_summary(run_path: Path, summary: dict, digests, best: dict, console: 
         summary["rank_adapter_sha256"] = digests
         if len(set(digests)) > 1:
             console.print("[yellow]warning[/]: the processes ended with different adapters (see summary.json)")
-    if best:
+    if best:  # the display's summary block says it (training/display.py)
         summary["in_training_eval"] = best
-        console.print(f"[bold]best {best['metric']}[/] {best['best']:.4f} at step {best['best_step']}: {best['adapter']}")
     if forgetting is not None:
         summary["forgetting"] = forgetting
     rundir.RunDir(run_path).write_summary(summary)
